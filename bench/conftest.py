@@ -1,0 +1,18 @@
+"""Benchmarks (pytest-benchmark): `pytest bench --benchmark-only`. Speed is reported here and
+never asserted in tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Benchmarks reuse the test helpers (generated images, ../shared lookup).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads() -> None:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -1,0 +1,132 @@
+// pybind11 bindings of the CPU kernels. Python passes data pointers (as integers), sizes and
+// strides in elements; the tensors stay owned by torch on the Python side, which also validates
+// shapes, dtypes and devices before calling (see refusion/ops/_kernels.py). The GIL is released
+// while a kernel runs.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/cpu_kernels.h"
+#include "refusion_ops.h"
+
+namespace py = pybind11;
+
+namespace refusion {
+namespace {
+
+using i64 = std::int64_t;
+
+bool cpu_has_avx2() {
+#if defined(REFUSION_HAVE_AVX2_TU) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// Resolved once: the kernels of the widest instruction set this CPU runs.
+struct CpuKernels {
+  decltype(&isa_base::sobel_fwd) sobel_fwd = &isa_base::sobel_fwd;
+  decltype(&isa_base::sobel_bwd) sobel_bwd = &isa_base::sobel_bwd;
+  decltype(&isa_base::gelu_mul_fwd) gelu_mul_fwd = &isa_base::gelu_mul_fwd;
+  decltype(&isa_base::gelu_mul_bwd) gelu_mul_bwd = &isa_base::gelu_mul_bwd;
+  const char* isa = "baseline";
+};
+
+const CpuKernels& kernels() {
+  static const CpuKernels k = [] {
+    CpuKernels r;
+#ifdef REFUSION_HAVE_AVX2_TU
+    if (cpu_has_avx2()) {
+      r.sobel_fwd = &isa_avx2::sobel_fwd;
+      r.sobel_bwd = &isa_avx2::sobel_bwd;
+      r.gelu_mul_fwd = &isa_avx2::gelu_mul_fwd;
+      r.gelu_mul_bwd = &isa_avx2::gelu_mul_bwd;
+      r.isa = "avx2+fma";
+    }
+#endif
+    return r;
+  }();
+  return k;
+}
+
+void check_dtype(int dtype) {
+  if (dtype != kFloat32 && dtype != kFloat64) {
+    throw std::invalid_argument("refusion CPU kernels support float32 and float64, got code " +
+                                std::to_string(dtype));
+  }
+}
+
+void check_nonneg(i64 v, const char* what) {
+  if (v < 0) throw std::invalid_argument(std::string("negative ") + what);
+}
+
+const void* cptr(std::uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* mptr(std::uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+}  // namespace
+
+void register_cpu_ops(py::module_& m) {
+  m.attr("has_cpu_kernels") = true;
+  m.def("cpu_isa", [] { return std::string(kernels().isa); },
+        "Instruction set of the CPU kernels selected at import time.");
+
+  m.def(
+      "sobel_xy_cpu",
+      [](std::uintptr_t x, std::uintptr_t sx, std::uintptr_t sy, int dtype, i64 B, i64 C, i64 H,
+         i64 W, i64 sB, i64 sC, i64 sH, int nthreads) {
+        check_dtype(dtype);
+        check_nonneg(B | C | H | W, "size");
+        kernels().sobel_fwd(cptr(x), mptr(sx), mptr(sy), dtype, B, C, H, W, sB, sC, sH,
+                            nthreads);
+      },
+      py::arg("x"), py::arg("sx"), py::arg("sy"), py::arg("dtype"), py::arg("B"), py::arg("C"),
+      py::arg("H"), py::arg("W"), py::arg("sB"), py::arg("sC"), py::arg("sH"),
+      py::arg("nthreads"), py::call_guard<py::gil_scoped_release>(),
+      "Sobel x/y responses of x (unit W stride) into contiguous sx, sy.");
+
+  m.def(
+      "sobel_xy_backward_cpu",
+      [](std::uintptr_t gx, std::uintptr_t gy, std::uintptr_t gin, int dtype, i64 B, i64 C,
+         i64 H, i64 W, i64 xB, i64 xC, i64 xH, i64 yB, i64 yC, i64 yH, int nthreads) {
+        check_dtype(dtype);
+        check_nonneg(B | C | H | W, "size");
+        kernels().sobel_bwd(cptr(gx), cptr(gy), mptr(gin), dtype, B, C, H, W, xB, xC, xH, yB,
+                            yC, yH, nthreads);
+      },
+      py::arg("gx"), py::arg("gy"), py::arg("gin"), py::arg("dtype"), py::arg("B"),
+      py::arg("C"), py::arg("H"), py::arg("W"), py::arg("xB"), py::arg("xC"), py::arg("xH"),
+      py::arg("yB"), py::arg("yC"), py::arg("yH"), py::arg("nthreads"),
+      py::call_guard<py::gil_scoped_release>(),
+      "Transposed Sobel: gin = Sx^T gx + Sy^T gy (replicate-border adjoint), contiguous gin.");
+
+  m.def(
+      "gelu_mul_cpu",
+      [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t y, int dtype, i64 B, i64 inner,
+         i64 sa, i64 sb, int nthreads) {
+        check_dtype(dtype);
+        check_nonneg(B | inner, "size");
+        kernels().gelu_mul_fwd(cptr(a), cptr(b), mptr(y), dtype, B, inner, sa, sb, nthreads);
+      },
+      py::arg("a"), py::arg("b"), py::arg("y"), py::arg("dtype"), py::arg("B"),
+      py::arg("inner"), py::arg("sa"), py::arg("sb"), py::arg("nthreads"),
+      py::call_guard<py::gil_scoped_release>(),
+      "y = GELU(a) * b over B per-batch contiguous slabs of `inner` elements.");
+
+  m.def(
+      "gelu_mul_backward_cpu",
+      [](std::uintptr_t g, std::uintptr_t a, std::uintptr_t b, std::uintptr_t ga,
+         std::uintptr_t gb, int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb, int nthreads) {
+        check_dtype(dtype);
+        check_nonneg(B | inner, "size");
+        kernels().gelu_mul_bwd(cptr(g), cptr(a), cptr(b), mptr(ga), mptr(gb), dtype, B, inner,
+                               sg, sa, sb, nthreads);
+      },
+      py::arg("g"), py::arg("a"), py::arg("b"), py::arg("ga"), py::arg("gb"), py::arg("dtype"),
+      py::arg("B"), py::arg("inner"), py::arg("sg"), py::arg("sa"), py::arg("sb"),
+      py::arg("nthreads"), py::call_guard<py::gil_scoped_release>(),
+      "ga = g * b * GELU'(a), gb = g * GELU(a); contiguous outputs.");
+}
+
+}  // namespace refusion

@@ -1,0 +1,1 @@
+"""The streaming runtime: torch, ONNX Runtime and TensorRT backends (``refusion.engine``)."""

@@ -1,0 +1,1 @@
+"""Command-line tools. argparse lives here only; each command is one module."""

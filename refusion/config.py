@@ -1,0 +1,144 @@
+"""Configuration: one dataclass per concern, loaded from YAML, with ``key.sub=value`` overrides.
+
+Example::
+
+    cfg = load_config(TrainConfig, "configs/ivif.yaml", ["optim.lr=2e-4", "fusion.dim=8"])
+
+Values in overrides are parsed as YAML scalars (``1e-4``, ``true``, ``[1, 2]``), then coerced to
+the field's declared type; unknown keys are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import yaml
+
+from refusion.errors import UserError
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}' expects a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            value = [value]
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config key '{key}' expects {tp.__name__}, got {value!r}") from None
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise UserError(f"config key '{key}' must be one of {choices}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known: {known})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """Dataclass -> plain nested dict (tuples become lists), suitable for YAML/JSON."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(obj)
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML scalars)."""
+    out = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise UserError(f"override '{item}' has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            child = dict(child) if isinstance(child, Mapping) else {}
+            node[p] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    cls: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+) -> T:
+    """Load dataclass ``cls`` from defaults, then a YAML file, then overrides."""
+    data: dict = to_dict(cls())
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, Mapping):
+            raise UserError(f"config file {path} must hold a mapping at the top level")
+        data = _merge(data, loaded)
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,48 @@
+"""Shared fixtures: generated image pairs, and the ../shared folder when it exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path inside ../shared, skipping the test (with the reason) when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not present (the shared data folder ships beside the repo in CI only)")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def photo_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A generated 'infrared-like' grey image and a colour image of one scene (uint8)."""
+    from skimage import data
+
+    rgb = data.astronaut()[::4, ::4]  # 128x128x3, small so tests stay fast
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    ir = cv2.GaussianBlur(255 - gray, (5, 5), 1.5)  # inverted, blurred: a different modality
+    return ir, bgr
+
+
+@pytest.fixture
+def pair_files(tmp_path: Path, photo_pair) -> tuple[Path, Path]:
+    ir, vis = photo_pair
+    a, b = tmp_path / "ir.png", tmp_path / "vis.png"
+    cv2.imwrite(str(a), ir)
+    cv2.imwrite(str(b), vis)
+    return a, b
