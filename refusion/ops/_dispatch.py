@@ -6,23 +6,36 @@ import torch
 
 from refusion._native import native_module
 
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.float64)
+
 
 def exporting() -> bool:
-    """True while torch is tracing for ONNX export or TorchScript (references only there)."""
+    """True while torch is tracing for ONNX export, ``torch.export`` or TorchScript.
+
+    Exported graphs must contain only standard ops, so the references run there.
+    ``torch.export`` (the base of the dynamo ONNX exporter) counts as exporting;
+    ``torch.compile`` does not and sees the custom ops.
+    """
     if torch.onnx.is_in_onnx_export():
+        return True
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    if is_exporting is not None and is_exporting():
         return True
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
+@torch.compiler.assume_constant_result
+def _has_kernels(device_type: str) -> bool:
+    # A constant for dynamo (the module and its flags do not change during a run), so compiled
+    # graphs neither trace the import machinery nor guard on it.
+    mod = native_module()
+    return mod is not None and bool(getattr(mod, f"has_{device_type}_kernels", False))
+
+
 def use_native(x: torch.Tensor) -> bool:
     """Whether a native kernel may serve ``x`` (built, not exporting, supported dtype/device)."""
-    if exporting() or native_module() is None:
+    if exporting() or x.dtype not in _NATIVE_DTYPES:
         return False
-    if x.dtype not in (torch.float32, torch.float16, torch.float64):
+    if x.device.type not in ("cpu", "cuda"):
         return False
-    mod = native_module()
-    if x.device.type == "cpu":
-        return bool(getattr(mod, "has_cpu_kernels", False))
-    if x.device.type == "cuda":
-        return bool(getattr(mod, "has_cuda_kernels", False))
-    return False
+    return _has_kernels(x.device.type)

@@ -96,8 +96,17 @@ def sobel_xy_op(x: Tensor) -> tuple[Tensor, Tensor]:
     sx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     sy = torch.empty_like(sx)
     if x.numel():
-        _launch("sobel_xy_cpu", "sobel_xy_cuda", x, x.data_ptr(), sx.data_ptr(), sy.data_ptr(),
-                _DTYPE_CODE[x.dtype], *x.shape, *_w_strides(x))
+        _launch(
+            "sobel_xy_cpu",
+            "sobel_xy_cuda",
+            x,
+            x.data_ptr(),
+            sx.data_ptr(),
+            sy.data_ptr(),
+            _DTYPE_CODE[x.dtype],
+            *x.shape,
+            *_w_strides(x),
+        )
     return sx, sy
 
 
@@ -114,9 +123,18 @@ def sobel_xy_backward_op(gx: Tensor, gy: Tensor) -> Tensor:
     gx, gy = _unit_w_stride(gx), _unit_w_stride(gy)
     gin = torch.empty(gx.shape, dtype=gx.dtype, device=gx.device)
     if gin.numel():
-        _launch("sobel_xy_backward_cpu", "sobel_xy_backward_cuda", gx, gx.data_ptr(),
-                gy.data_ptr(), gin.data_ptr(), _DTYPE_CODE[gx.dtype], *gx.shape,
-                *_w_strides(gx), *_w_strides(gy))
+        _launch(
+            "sobel_xy_backward_cpu",
+            "sobel_xy_backward_cuda",
+            gx,
+            gx.data_ptr(),
+            gy.data_ptr(),
+            gin.data_ptr(),
+            _DTYPE_CODE[gx.dtype],
+            *gx.shape,
+            *_w_strides(gx),
+            *_w_strides(gy),
+        )
     return gin
 
 
@@ -174,8 +192,19 @@ def gelu_mul_op(a: Tensor, b: Tensor) -> Tensor:
     y = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     if y.numel():
         inner = y[0].numel()
-        _launch("gelu_mul_cpu", "gelu_mul_cuda", a, a.data_ptr(), b.data_ptr(), y.data_ptr(),
-                _DTYPE_CODE[a.dtype], a.shape[0], inner, a.stride(0), b.stride(0))
+        _launch(
+            "gelu_mul_cpu",
+            "gelu_mul_cuda",
+            a,
+            a.data_ptr(),
+            b.data_ptr(),
+            y.data_ptr(),
+            _DTYPE_CODE[a.dtype],
+            a.shape[0],
+            inner,
+            a.stride(0),
+            b.stride(0),
+        )
     return y
 
 
@@ -195,9 +224,22 @@ def gelu_mul_backward_op(g: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tenso
     gb = torch.empty_like(ga)
     if ga.numel():
         inner = ga[0].numel()
-        _launch("gelu_mul_backward_cpu", "gelu_mul_backward_cuda", a, g.data_ptr(),
-                a.data_ptr(), b.data_ptr(), ga.data_ptr(), gb.data_ptr(), _DTYPE_CODE[a.dtype],
-                a.shape[0], inner, g.stride(0), a.stride(0), b.stride(0))
+        _launch(
+            "gelu_mul_backward_cpu",
+            "gelu_mul_backward_cuda",
+            a,
+            g.data_ptr(),
+            a.data_ptr(),
+            b.data_ptr(),
+            ga.data_ptr(),
+            gb.data_ptr(),
+            _DTYPE_CODE[a.dtype],
+            a.shape[0],
+            inner,
+            g.stride(0),
+            a.stride(0),
+            b.stride(0),
+        )
     return ga, gb
 
 

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 def _check_pair(a: Tensor, b: Tensor) -> None:
     if a.dim() != 4 or b.dim() != 4:
-        raise ValueError(f"expected (B, C, H, W) tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected (B, C, H, W) tensors, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape != b.shape:
         raise ValueError(f"gate halves differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
 

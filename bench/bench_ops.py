@@ -1,0 +1,154 @@
+"""Speed of the native kernels against OpenCV and eager PyTorch (pytest-benchmark).
+
+Run: ``python -m pytest bench/bench_ops.py --benchmark-only --benchmark-group-by=group``.
+Every case pins torch (and OpenCV) to 2 threads so the numbers compare like with like. Cases
+that need ``refusion._C`` skip with a reason when it is not built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from refusion import _native
+from refusion.ops import gelu_gate, gelu_mul, sobel_grad, sobel_xy
+from refusion.ops.sobel import sobel_xy_reference
+
+THREADS = 2
+
+
+@pytest.fixture(autouse=True)
+def _pin_threads():
+    torch.set_num_threads(THREADS)
+    cv2.setNumThreads(THREADS)
+    torch.manual_seed(0)
+
+
+def _require_native():
+    mod = _native.native_module()
+    if mod is None or not getattr(mod, "has_cpu_kernels", False):
+        pytest.skip("refusion._C is not built (or REFUSION_DISABLE_NATIVE is set)")
+
+
+@pytest.fixture
+def native_disabled(monkeypatch):
+    """Force the pure-PyTorch references for the duration of one case."""
+    monkeypatch.setenv("REFUSION_DISABLE_NATIVE", "1")
+    _native.native_module.cache_clear()
+    yield
+    monkeypatch.delenv("REFUSION_DISABLE_NATIVE")
+    _native.native_module.cache_clear()
+
+
+# ------------------------------------------------------------------ Sobel, 1920x1080 float32
+
+IMG = (1080, 1920)
+
+
+def _image() -> np.ndarray:
+    return np.random.default_rng(0).random(IMG, dtype=np.float32)
+
+
+def test_sobel_1080p_native(benchmark):
+    _require_native()
+    benchmark.group = "sobel-1080p-f32"
+    x = torch.from_numpy(_image())[None, None]
+    with torch.no_grad():
+        sx, sy = benchmark(sobel_xy, x)
+    ref = sobel_xy_reference(x)
+    torch.testing.assert_close(sx, ref[0], rtol=1e-6, atol=1e-6)
+
+
+def test_sobel_1080p_opencv(benchmark):
+    benchmark.group = "sobel-1080p-f32"
+    img = _image()
+
+    def both():
+        kw = {"ksize": 3, "borderType": cv2.BORDER_REPLICATE}
+        return cv2.Sobel(img, cv2.CV_32F, 1, 0, **kw), cv2.Sobel(img, cv2.CV_32F, 0, 1, **kw)
+
+    sx, _ = benchmark(both)
+    want = sobel_xy_reference(torch.from_numpy(img)[None, None])[0][0, 0].numpy()
+    np.testing.assert_allclose(sx, want, rtol=1e-5, atol=1e-5)  # same definition
+
+
+def test_sobel_1080p_conv2d_reference(benchmark, native_disabled):
+    benchmark.group = "sobel-1080p-f32"
+    x = torch.from_numpy(_image())[None, None]
+    with torch.no_grad():
+        benchmark(sobel_xy, x)
+
+
+# ------------------------------------------------------------- gate, (1, 128, 480, 640) float32
+
+GATE = (1, 128, 480, 640)
+
+
+def test_gate_native(benchmark):
+    _require_native()
+    benchmark.group = "gate-1x128x480x640-f32"
+    x = torch.randn(GATE)
+    with torch.no_grad():
+        benchmark(gelu_gate, x)
+
+
+def test_gate_eager(benchmark):
+    benchmark.group = "gate-1x128x480x640-f32"
+    x = torch.randn(GATE)
+
+    def eager(t):
+        a, b = t.chunk(2, dim=1)
+        return F.gelu(a) * b
+
+    with torch.no_grad():
+        benchmark(eager, x)
+
+
+# ----------------------------------------- loss-style forward + backward, with / without kernels
+
+
+def _loss_step_inputs():
+    img = torch.rand(4, 1, 128, 128, requires_grad=True)
+    feat = torch.randn(4, 64, 128, 128, requires_grad=True)
+    return img, feat
+
+
+def _loss_step(img, feat):
+    loss = sobel_grad(img).mean() + gelu_gate(feat).square().mean()
+    loss.backward()
+    img.grad = None
+    feat.grad = None
+
+
+def test_loss_step_native(benchmark):
+    _require_native()
+    benchmark.group = "loss-step-fwd+bwd"
+    benchmark(_loss_step, *_loss_step_inputs())
+
+
+def test_loss_step_reference(benchmark, native_disabled):
+    benchmark.group = "loss-step-fwd+bwd"
+    benchmark(_loss_step, *_loss_step_inputs())
+
+
+# ------------------------------------------------------------------- one full training step
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("refusion.train") is None,
+    reason="refusion.train does not exist yet (the trainer benchmarks a full step)",
+)
+def test_train_step_placeholder():
+    pytest.skip("a full training step is benchmarked by the trainer work")
+
+
+def test_gelu_mul_is_gelu_gate():
+    # Cheap sanity check that the benchmarked paths compute the same thing.
+    x = torch.randn(1, 8, 5, 5)
+    a, b = x.chunk(2, dim=1)
+    torch.testing.assert_close(gelu_gate(x), gelu_mul(a, b))

@@ -1,0 +1,350 @@
+// Portable CPU kernel bodies, compiled once per instruction set (kernels_base.cpp, and
+// kernels_avx2.cpp with -mavx2 -mfma on x86-64). Each includer defines REFUSION_ISA_NS first, so
+// every symbol lands in an ISA-specific namespace: no inline function compiled for AVX2 can be
+// merged by the linker into the baseline build (the classic multi-ISA ODR trap). For the same
+// reason the hot code uses no std:: templates, only raw loops and malloc'd scratch buffers.
+//
+// Layout conventions (all sizes and strides in elements):
+//   * images are (B, C, H, W) with unit stride along W and arbitrary B/C/H strides;
+//   * outputs are always contiguous (B, C, H, W);
+//   * the gate reads per-batch contiguous slabs of `inner` = C*H*W elements.
+#ifndef REFUSION_ISA_NS
+#error "define REFUSION_ISA_NS before including kernels_impl.h"
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#ifdef REFUSION_WITH_OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/cpu_kernels.h"
+
+namespace refusion {
+namespace REFUSION_ISA_NS {
+namespace {
+
+using i64 = std::int64_t;
+
+// Below this many output elements the OpenMP fork/join costs more than it saves.
+constexpr i64 kParallelGrain = 1 << 15;
+
+inline i64 clamp_index(i64 i, i64 n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+
+// Weight of input row/column r in output position i of the adjoint of the replicate-bordered
+// 3-tap correlation y[r] = sum_a k[a+1] * x[clamp(r + a)]: the sum of the taps whose clamped
+// source is i. For interior positions this is just the flipped kernel; at the borders it
+// accumulates the taps that the forward pass read from the replicated edge pixel.
+template <typename T>
+inline T adjoint_weight(const T k[3], i64 i, i64 r, i64 n) {
+  T w = 0;
+  for (int a = -1; a <= 1; ++a) {
+    if (clamp_index(r + a, n) == i) w += k[a + 1];
+  }
+  return w;
+}
+
+template <typename T>
+T* scratch(i64 n) {
+  return static_cast<T*>(std::malloc(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sobel forward. Sobel is separable and so is replicate padding (clamp rows, clamp columns), so
+// Sx = Hdiff(Vsmooth(x)) and Sy = Hsmooth(Vdiff(x)) exactly. Per output row: one vertical pass
+// over three input rows into two scratch rows, then one horizontal pass writing both outputs.
+
+template <typename T>
+inline void vertical_fwd(const T* __restrict__ up, const T* __restrict__ mid,
+                         const T* __restrict__ dn, T* __restrict__ s, T* __restrict__ d, i64 w) {
+  for (i64 j = 0; j < w; ++j) {
+    s[j] = up[j] + T(2) * mid[j] + dn[j];
+    d[j] = dn[j] - up[j];
+  }
+}
+
+template <typename T>
+inline void horizontal_fwd(const T* __restrict__ s, const T* __restrict__ d, T* __restrict__ ox,
+                           T* __restrict__ oy, i64 w) {
+  // s and d point one past the left replicated element: s[-1] and s[w] are valid.
+  for (i64 j = 0; j < w; ++j) {
+    ox[j] = s[j + 1] - s[j - 1];
+    oy[j] = d[j - 1] + T(2) * d[j] + d[j + 1];
+  }
+}
+
+template <typename T>
+void sobel_fwd_impl(const T* x, T* sx, T* sy, i64 B, i64 C, i64 H, i64 W, i64 sB, i64 sC,
+                    i64 sH, int nthreads) {
+  const i64 rows = B * C * H;
+  if (rows == 0 || W == 0) return;
+#ifdef REFUSION_WITH_OPENMP
+#pragma omp parallel num_threads(nthreads) if (rows * W >= kParallelGrain && nthreads > 1)
+#endif
+  {
+    T* s = scratch<T>(W + 2);
+    T* d = scratch<T>(W + 2);
+#ifdef REFUSION_WITH_OPENMP
+#pragma omp for schedule(dynamic, 16)
+#endif
+    for (i64 r = 0; r < rows; ++r) {
+      const i64 i = r % H;
+      const i64 p = r / H;
+      const T* plane = x + (p / C) * sB + (p % C) * sC;
+      const T* up = plane + clamp_index(i - 1, H) * sH;
+      const T* mid = plane + i * sH;
+      const T* dn = plane + clamp_index(i + 1, H) * sH;
+      vertical_fwd(up, mid, dn, s + 1, d + 1, W);
+      s[0] = s[1];
+      s[W + 1] = s[W];
+      d[0] = d[1];
+      d[W + 1] = d[W];
+      horizontal_fwd(s + 1, d + 1, sx + r * W, sy + r * W, W);
+    }
+    std::free(s);
+    std::free(d);
+  }
+  (void)nthreads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sobel backward = the transposed operator: gin = Vs^T Hd^T gx + Vd^T Hs^T gy. The vertical and
+// horizontal adjoints act on different axes and commute, so per output row we first combine the
+// (up to three) contributing rows with their adjoint weights, then apply the horizontal adjoint.
+
+template <typename T>
+inline void vertical_bwd(const T* __restrict__ x0, const T* __restrict__ x1,
+                         const T* __restrict__ x2, T c0, T c1, T c2, T* __restrict__ out, i64 w) {
+  for (i64 j = 0; j < w; ++j) out[j] = c0 * x0[j] + c1 * x1[j] + c2 * x2[j];
+}
+
+template <typename T>
+inline void horizontal_bwd(const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ o,
+                           i64 w) {
+  // u, v are zero-padded (u[-1] = u[w] = 0): this is the "full" transposed correlation
+  // restricted to the interior; the border fold happens in the caller.
+  for (i64 j = 0; j < w; ++j) {
+    o[j] = (u[j - 1] - u[j + 1]) + (v[j - 1] + T(2) * v[j] + v[j + 1]);
+  }
+}
+
+template <typename T>
+void sobel_bwd_impl(const T* gx, const T* gy, T* gin, i64 B, i64 C, i64 H, i64 W, i64 xB,
+                    i64 xC, i64 xH, i64 yB, i64 yC, i64 yH, int nthreads) {
+  const i64 rows = B * C * H;
+  if (rows == 0 || W == 0) return;
+  const T kSmooth[3] = {T(1), T(2), T(1)};
+  const T kDiff[3] = {T(-1), T(0), T(1)};
+#ifdef REFUSION_WITH_OPENMP
+#pragma omp parallel num_threads(nthreads) if (rows * W >= kParallelGrain && nthreads > 1)
+#endif
+  {
+    T* u = scratch<T>(W + 2);
+    T* v = scratch<T>(W + 2);
+    u[0] = u[W + 1] = v[0] = v[W + 1] = T(0);
+#ifdef REFUSION_WITH_OPENMP
+#pragma omp for schedule(dynamic, 16)
+#endif
+    for (i64 r = 0; r < rows; ++r) {
+      const i64 i = r % H;
+      const i64 p = r / H;
+      const T* px = gx + (p / C) * xB + (p % C) * xC;
+      const T* py = gy + (p / C) * yB + (p % C) * yC;
+      // Rows i-1, i, i+1 (missing ones get weight 0 and alias row i to keep one loop shape).
+      i64 src[3];
+      T cs[3], cd[3];
+      for (int k = 0; k < 3; ++k) {
+        const i64 rr = i - 1 + k;
+        const bool ok = rr >= 0 && rr < H;
+        src[k] = ok ? rr : i;
+        cs[k] = ok ? adjoint_weight(kSmooth, i, rr, H) : T(0);
+        cd[k] = ok ? adjoint_weight(kDiff, i, rr, H) : T(0);
+      }
+      vertical_bwd(px + src[0] * xH, px + src[1] * xH, px + src[2] * xH, cs[0], cs[1], cs[2],
+                   u + 1, W);
+      vertical_bwd(py + src[0] * yH, py + src[1] * yH, py + src[2] * yH, cd[0], cd[1], cd[2],
+                   v + 1, W);
+      T* o = gin + r * W;
+      horizontal_bwd(u + 1, v + 1, o, W);
+      // Fold the taps that landed on the replicated columns -1 and W back onto the edges:
+      // Hd^T puts -u[0] on column -1 and +u[W-1] on column W; Hs^T puts v[0] and v[W-1].
+      o[0] += -u[1] + v[1];
+      o[W - 1] += u[W] + v[W];
+    }
+    std::free(u);
+    std::free(v);
+  }
+  (void)nthreads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU gate. The float path evaluates the normal CDF through erfc with a Chebyshev fit
+// (Numerical Recipes' erfcc, relative error < 1.2e-7 for every argument) and a Cody-Waite exp,
+// both branch-free so gcc vectorises the loops (libm's erff/expf are scalar calls that block
+// vectorisation). Going through erfc rather than 1 + erf keeps full relative accuracy in the
+// negative tail, where 1 + erf(a / sqrt 2) cancels (torch's float32 GELU loses ~1e-6 there).
+// double uses libm: it serves gradcheck, where exactness matters more than speed.
+
+// exp(x) for x <= ~0; Cephes expf polynomial after Cody-Waite range reduction.
+inline float exp_neg_f32(float x) {
+  x = x < -80.f ? -80.f : x;
+  // Round-to-nearest through the 1.5 * 2^23 trick; needs IEEE semantics (no -ffast-math).
+  const float magic = 12582912.f;
+  const float n = (x * 1.44269504088896341f + magic) - magic;
+  const float f = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  float y = p * f * f + f + 1.f;
+  std::int32_t bits;
+  std::memcpy(&bits, &y, sizeof(bits));
+  bits += static_cast<std::int32_t>(n) * (1 << 23);
+  std::memcpy(&y, &bits, sizeof(bits));
+  return y;
+}
+
+// erfc(z) for z >= 0.
+inline float erfc_pos_f32(float z) {
+  const float t = 1.f / (1.f + 0.5f * z);
+  float p = 0.17087277f;
+  p = p * t + -0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t + -1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t + -0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t + -1.26551223f;
+  return t * exp_neg_f32(p - z * z);
+}
+
+constexpr double kSqrt1_2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+
+inline float cdf(float x) {
+  const float tail = 0.5f * erfc_pos_f32((x < 0.f ? -x : x) * float(kSqrt1_2));
+  return x < 0.f ? tail : 1.f - tail;
+}
+inline double cdf(double x) { return 0.5 * (1.0 + std::erf(x * kSqrt1_2)); }
+inline float pdf(float x) { return float(kInvSqrt2Pi) * exp_neg_f32(-0.5f * x * x); }
+inline double pdf(double x) { return kInvSqrt2Pi * std::exp(-0.5 * x * x); }
+
+template <typename T>
+inline void gelu_mul_row(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y,
+                         i64 n) {
+  for (i64 j = 0; j < n; ++j) {
+    const T x = a[j];
+    y[j] = x * cdf(x) * b[j];
+  }
+}
+
+template <typename T>
+inline void gelu_mul_bwd_row(const T* __restrict__ g, const T* __restrict__ a,
+                             const T* __restrict__ b, T* __restrict__ ga, T* __restrict__ gb,
+                             i64 n) {
+  for (i64 j = 0; j < n; ++j) {
+    const T x = a[j];
+    const T c = cdf(x);
+    ga[j] = g[j] * b[j] * (c + x * pdf(x));
+    gb[j] = g[j] * x * c;
+  }
+}
+
+// Per-batch slabs split into chunks so that B = 1 still spreads over the threads.
+constexpr i64 kChunk = 1 << 14;
+
+template <typename T>
+void gelu_mul_impl(const T* a, const T* b, T* y, i64 B, i64 inner, i64 sa, i64 sb,
+                   int nthreads) {
+  const i64 chunks = (inner + kChunk - 1) / kChunk;
+  const i64 total = B * chunks;
+#ifdef REFUSION_WITH_OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) \
+    if (B * inner >= kParallelGrain && nthreads > 1)
+#endif
+  for (i64 t = 0; t < total; ++t) {
+    const i64 n = t / chunks;
+    const i64 lo = (t % chunks) * kChunk;
+    const i64 len = inner - lo < kChunk ? inner - lo : kChunk;
+    gelu_mul_row(a + n * sa + lo, b + n * sb + lo, y + n * inner + lo, len);
+  }
+  (void)nthreads;
+}
+
+template <typename T>
+void gelu_mul_bwd_impl(const T* g, const T* a, const T* b, T* ga, T* gb, i64 B, i64 inner,
+                       i64 sg, i64 sa, i64 sb, int nthreads) {
+  const i64 chunks = (inner + kChunk - 1) / kChunk;
+  const i64 total = B * chunks;
+#ifdef REFUSION_WITH_OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) \
+    if (B * inner >= kParallelGrain && nthreads > 1)
+#endif
+  for (i64 t = 0; t < total; ++t) {
+    const i64 n = t / chunks;
+    const i64 lo = (t % chunks) * kChunk;
+    const i64 len = inner - lo < kChunk ? inner - lo : kChunk;
+    gelu_mul_bwd_row(g + n * sg + lo, a + n * sa + lo, b + n * sb + lo, ga + n * inner + lo,
+                     gb + n * inner + lo, len);
+  }
+  (void)nthreads;
+}
+
+}  // namespace
+
+// Type-erased entry points (declared in cpu_kernels.h); dtype 0 = float32, 1 = float64.
+void sobel_fwd(const void* x, void* sx, void* sy, int dtype, i64 B, i64 C, i64 H, i64 W, i64 sB,
+               i64 sC, i64 sH, int nthreads) {
+  if (dtype == kFloat64) {
+    sobel_fwd_impl(static_cast<const double*>(x), static_cast<double*>(sx),
+                   static_cast<double*>(sy), B, C, H, W, sB, sC, sH, nthreads);
+  } else {
+    sobel_fwd_impl(static_cast<const float*>(x), static_cast<float*>(sx),
+                   static_cast<float*>(sy), B, C, H, W, sB, sC, sH, nthreads);
+  }
+}
+
+void sobel_bwd(const void* gx, const void* gy, void* gin, int dtype, i64 B, i64 C, i64 H, i64 W,
+               i64 xB, i64 xC, i64 xH, i64 yB, i64 yC, i64 yH, int nthreads) {
+  if (dtype == kFloat64) {
+    sobel_bwd_impl(static_cast<const double*>(gx), static_cast<const double*>(gy),
+                   static_cast<double*>(gin), B, C, H, W, xB, xC, xH, yB, yC, yH, nthreads);
+  } else {
+    sobel_bwd_impl(static_cast<const float*>(gx), static_cast<const float*>(gy),
+                   static_cast<float*>(gin), B, C, H, W, xB, xC, xH, yB, yC, yH, nthreads);
+  }
+}
+
+void gelu_mul_fwd(const void* a, const void* b, void* y, int dtype, i64 B, i64 inner, i64 sa,
+                  i64 sb, int nthreads) {
+  if (dtype == kFloat64) {
+    gelu_mul_impl(static_cast<const double*>(a), static_cast<const double*>(b),
+                  static_cast<double*>(y), B, inner, sa, sb, nthreads);
+  } else {
+    gelu_mul_impl(static_cast<const float*>(a), static_cast<const float*>(b),
+                  static_cast<float*>(y), B, inner, sa, sb, nthreads);
+  }
+}
+
+void gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, void* gb, int dtype,
+                  i64 B, i64 inner, i64 sg, i64 sa, i64 sb, int nthreads) {
+  if (dtype == kFloat64) {
+    gelu_mul_bwd_impl(static_cast<const double*>(g), static_cast<const double*>(a),
+                      static_cast<const double*>(b), static_cast<double*>(ga),
+                      static_cast<double*>(gb), B, inner, sg, sa, sb, nthreads);
+  } else {
+    gelu_mul_bwd_impl(static_cast<const float*>(g), static_cast<const float*>(a),
+                      static_cast<const float*>(b), static_cast<float*>(ga),
+                      static_cast<float*>(gb), B, inner, sg, sa, sb, nthreads);
+  }
+}
+
+}  // namespace REFUSION_ISA_NS
+}  // namespace refusion

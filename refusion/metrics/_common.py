@@ -1,0 +1,106 @@
+"""Shared building blocks of the metrics: input checks, the degenerate-input policy, MATLAB
+rounding, ``normalize1`` and separable window filters.
+
+Degenerate-input policy (one rule for every metric): when the reference computation is
+undefined for the given input (0/0, x/0: a constant source in a correlation, a zero VIF
+denominator, flat windows in Q_CB, ...) the metric returns ``nan`` and emits a
+:class:`DegenerateInputWarning` (a ``RuntimeWarning``) naming the metric and the reason. It never
+raises and never substitutes 0 or 1. Well-defined limits stay finite: EN of a constant image is
+0, MI with a constant source is 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+
+class DegenerateInputWarning(RuntimeWarning):
+    """A metric is undefined for this input (constant source, flat windows); it returned NaN."""
+
+
+def degenerate(metric: str, reason: str) -> float:
+    """Warn that ``metric`` is undefined here and return NaN (the documented policy)."""
+    warnings.warn(f"{metric}: {reason}; returning NaN", DegenerateInputWarning, stacklevel=3)
+    return float("nan")
+
+
+def as_image(x: np.ndarray, name: str = "image") -> np.ndarray:
+    """A 2-D float64 array (a copy only when needed); colour must be converted beforehand."""
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D grey image, got shape {arr.shape}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr
+
+
+def as_triplet(a, b, f) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check and convert a source pair and the fused image (same 2-D shape)."""
+    a, b, f = as_image(a, "a"), as_image(b, "b"), as_image(f, "fused")
+    if not (a.shape == b.shape == f.shape):
+        raise ValueError(f"shape mismatch: a {a.shape}, b {b.shape}, fused {f.shape}")
+    return a, b, f
+
+
+def matlab_round(x: np.ndarray) -> np.ndarray:
+    """MATLAB ``round``: halves away from zero (numpy's ``round`` goes to even)."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    fl = np.floor(ax)
+    # ax - fl is exact for |x| < 2**52, so the .5 test is exact (floor(x + .5) is not).
+    return np.copysign(fl + (ax - fl >= 0.5), x)
+
+
+def to_uint8_matlab(x: np.ndarray) -> np.ndarray:
+    """MATLAB ``uint8(x)``: round half away from zero, saturate to 0..255."""
+    return np.clip(matlab_round(x), 0, 255).astype(np.uint8)
+
+
+def to_uint8_round_even(x: np.ndarray) -> np.ndarray:
+    """``np.uint8(np.round(x))`` as CDDFuse does it, but clipped first (no wrap-around)."""
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def normalize1(x: np.ndarray) -> np.ndarray | None:
+    """Liu's ``normalize1``: min-max stretch to 0..255 then MATLAB-round.
+
+    Returns None for a constant non-zero image (the reference divides 0 by 0 there); an
+    all-zero image is returned unchanged, as in the reference.
+    """
+    mx, mn = float(x.max()), float(x.min())
+    if mx == 0 and mn == 0:
+        return x.astype(np.float64, copy=True)
+    if mx == mn:
+        return None
+    return matlab_round((x - mn) / (mx - mn) * 255)
+
+
+def gauss1d(size: int, sigma: float) -> np.ndarray:
+    """Normalised 1-D factor of MATLAB ``fspecial('gaussian', size, sigma)`` (separable)."""
+    r = (size - 1) / 2.0
+    x = np.arange(-r, r + 1)
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def filter_valid(x: np.ndarray, w1d: np.ndarray) -> np.ndarray:
+    """Correlate with the separable window ``outer(w1d, w1d)``, MATLAB ``filter2(...,'valid')``."""
+    h = len(w1d) // 2
+    y = ndimage.correlate1d(x, w1d, axis=0, mode="constant")[h : x.shape[0] - h]
+    return ndimage.correlate1d(y, w1d, axis=1, mode="constant")[:, h : x.shape[1] - h]
+
+
+def filter_same(x: np.ndarray, w1d: np.ndarray, mode: str) -> np.ndarray:
+    """Correlate with ``outer(w1d, w1d)``, same size, scipy.ndimage border ``mode``."""
+    y = ndimage.correlate1d(x, w1d, axis=0, mode=mode)
+    return ndimage.correlate1d(y, w1d, axis=1, mode=mode)
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Shannon entropy (log2) of a histogram given as counts, 0 log 0 = 0."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())

@@ -1,0 +1,277 @@
+"""Scoring folders of fused images: pairing by file stem, worker processes, paper-style tables.
+
+Usable from Python::
+
+    res = evaluate_folders("ir/", "vi/", ["out/ours", "out/cddfuse"], metrics=["EN", "Qabf"])
+    print(res.to_markdown()); res.write_json("per_image.json")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from refusion.errors import UserError
+
+from ._io import IMAGE_SUFFIXES, read_grey
+from .conventions import METRICS, canonical_metric, parse_convention_spec
+
+try:
+    from refusion.utils.atomic import atomic_write_text
+except ImportError:  # pragma: no cover - the package always ships it
+    def atomic_write_text(path, text, encoding="utf-8"):
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(text, encoding=encoding)
+        os.replace(tmp, path)
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """Images in ``folder`` by file stem (any supported format).
+
+    Raises:
+        UserError: the folder does not exist, or two files share a stem.
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        raise UserError(f"no such folder: {d}")
+    out: dict[str, Path] = {}
+    for p in sorted(d.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in out:
+                raise UserError(f"two images with stem {p.stem!r}: {out[p.stem]} and {p}")
+            out[p.stem] = p
+    return out
+
+
+def _method_names(dirs: Sequence[Path]) -> list[str]:
+    names = [d.name or str(d) for d in dirs]
+    if len(set(names)) != len(names):
+        names = [str(d) for d in dirs]
+    return names
+
+
+def _score_one(job: tuple) -> tuple[str, str, dict[str, float], list[str]]:
+    """Worker: read one triplet and compute the metrics; returns warnings as text."""
+    from . import compute_suite
+
+    method, stem, pa, pb, pf, metrics, spec = job
+    a, b, f = read_grey(pa), read_grey(pb), read_grey(pf)
+    if not (a.shape == b.shape == f.shape):
+        raise UserError(f"size mismatch for {stem!r}: {pa} {a.shape}, {pb} {b.shape}, "
+                        f"{pf} {f.shape}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vals = compute_suite(a, b, f, metrics, spec)
+    return method, stem, vals, [f"{pf.name}: {w.message}" for w in caught]
+
+
+@dataclass
+class EvalResult:
+    """Per-image values and their summary for several methods (fused folders).
+
+    Attributes:
+        metrics: metric names (columns), in order.
+        conventions: {metric: convention used}.
+        methods: {method name: fused folder}.
+        values: {method: {stem: {metric: value}}} (NaN where undefined).
+        missing: human-readable lines naming unpaired files.
+        notes: degenerate-input warnings raised while scoring.
+    """
+
+    metrics: list[str]
+    conventions: dict[str, str]
+    methods: dict[str, str]
+    values: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{method: {metric: {"mean", "std" (population), "n" (non-NaN images)}}}."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for meth in self.methods:
+            rows = self.values.get(meth, {})
+            out[meth] = {}
+            for m in self.metrics:
+                v = np.array([rows[s][m] for s in rows], dtype=np.float64)
+                v = v[~np.isnan(v)]
+                out[meth][m] = {
+                    "mean": float(v.mean()) if v.size else math.nan,
+                    "std": float(v.std()) if v.size else math.nan,
+                    "n": int(v.size),
+                }
+        return out
+
+    def _best(self, summ) -> dict[str, str | None]:
+        best: dict[str, str | None] = {}
+        for m in self.metrics:
+            cands = [(summ[k][m]["mean"], k) for k in self.methods
+                     if not math.isnan(summ[k][m]["mean"])]
+            if not cands or len(self.methods) < 2:
+                best[m] = None
+                continue
+            sign = 1 if METRICS[m].higher_is_better else -1
+            best[m] = max(cands, key=lambda t: sign * t[0])[1]
+        return best
+
+    def to_markdown(self, digits: int = 4) -> str:
+        """A paper-style table: mean ± std per method and metric, best per column in bold."""
+        summ = self.summary()
+        best = self._best(summ)
+        head = ["Method"] + [f"{m} {'↑' if METRICS[m].higher_is_better else '↓'}"
+                             for m in self.metrics]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for meth in self.methods:
+            cells = [meth]
+            for m in self.metrics:
+                s = summ[meth][m]
+                txt = ("n/a" if math.isnan(s["mean"])
+                       else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}")
+                if best[m] == meth:
+                    txt = f"**{txt}**"
+                cells.append(txt)
+            lines.append("| " + " | ".join(cells) + " |")
+        conv = ", ".join(f"{m}: {c}" for m, c in self.conventions.items())
+        lines += ["", f"Conventions: {conv}. Std is the population std over images."]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """One row per method: ``method, n_images, <metric>_mean, <metric>_std, ...``."""
+        summ = self.summary()
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["method", "n_images"] + [f"{m}_{k}" for m in self.metrics
+                                             for k in ("mean", "std")])
+        for meth in self.methods:
+            row = [meth, len(self.values.get(meth, {}))]
+            for m in self.metrics:
+                row += [repr(summ[meth][m]["mean"]), repr(summ[meth][m]["std"])]
+            w.writerow(row)
+        return buf.getvalue()
+
+    def to_dict(self) -> dict:
+        """Everything, JSON-ready (NaN becomes None)."""
+        def clean(x):
+            return None if isinstance(x, float) and math.isnan(x) else x
+
+        summ = self.summary()
+        return {
+            "metrics": self.metrics,
+            "conventions": self.conventions,
+            "methods": {
+                meth: {
+                    "fused_dir": self.methods[meth],
+                    "summary": {m: {k: clean(v) for k, v in s.items()}
+                                for m, s in summ[meth].items()},
+                    "per_image": {stem: {m: clean(v) for m, v in vals.items()}
+                                  for stem, vals in sorted(self.values.get(meth, {}).items())},
+                }
+                for meth in self.methods
+            },
+            "missing": self.missing,
+            "notes": self.notes,
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def write_json(self, path: str | Path) -> None:
+        """Write :meth:`to_json` atomically to ``path``."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalResult:
+        """Rebuild a result from :meth:`to_json` output (round trip)."""
+        d = json.loads(text)
+        values = {
+            meth: {stem: {m: (math.nan if v is None else float(v)) for m, v in vals.items()}
+                   for stem, vals in md["per_image"].items()}
+            for meth, md in d["methods"].items()
+        }
+        return cls(metrics=d["metrics"], conventions=d["conventions"],
+                   methods={k: v["fused_dir"] for k, v in d["methods"].items()},
+                   values=values, missing=d["missing"], notes=d.get("notes", []))
+
+
+def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
+                     fused_dirs: str | Path | Sequence[str | Path],
+                     metrics: Sequence[str] | None = None, convention: str | None = None,
+                     workers: int | None = None, progress: bool = False) -> EvalResult:
+    """Score every fused folder against the source folders, pairing files by stem.
+
+    Args:
+        a_dir, b_dir: source folders (A = infrared/CT/..., B = visible/MRI/...).
+        fused_dirs: one or more folders of fused images (one method each).
+        metrics: metric names (default: all).
+        convention: toolbox tags and/or ``METRIC.name`` items, comma separated.
+        workers: worker processes (default: min(4, CPU count); 0 or 1 = in this process).
+        progress: show a tqdm progress bar.
+    Returns:
+        An :class:`EvalResult`; unpaired files are listed in ``.missing`` and skipped.
+    Raises:
+        UserError: missing folder, unknown metric/convention, unreadable image, size
+            mismatch, or nothing to score.
+    """
+    if isinstance(fused_dirs, (str, Path)):
+        fused_dirs = [fused_dirs]
+    try:
+        names = [canonical_metric(m) for m in (metrics or list(METRICS))]
+        convs = parse_convention_spec(convention, names)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+    la, lb = list_images(a_dir), list_images(b_dir)
+    fdirs = [Path(d) for d in fused_dirs]
+    lfs = [list_images(d) for d in fdirs]
+    methods = _method_names(fdirs)
+    missing = [f"{la[s]} has no partner in {b_dir}" for s in sorted(set(la) - set(lb))]
+    missing += [f"{lb[s]} has no partner in {a_dir}" for s in sorted(set(lb) - set(la))]
+    common = sorted(set(la) & set(lb))
+    jobs = []
+    for meth, d, lf in zip(methods, fdirs, lfs):
+        missing += [f"{d}: no fused image for {s!r}" for s in common if s not in lf]
+        missing += [f"{lf[s]} has no source pair" for s in sorted(set(lf) - set(common))]
+        jobs += [(meth, s, la[s], lb[s], lf[s], names, convention) for s in common if s in lf]
+    if not jobs:
+        raise UserError(f"no image triplets to score (no common file stems in {a_dir}, "
+                        f"{b_dir} and the fused folders)")
+    res = EvalResult(metrics=names, conventions=convs,
+                     methods={m: str(d) for m, d in zip(methods, fdirs)},
+                     values={m: {} for m in methods}, missing=missing)
+    nproc = min(4, os.cpu_count() or 1) if workers is None else workers
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="refusion-eval", unit="img", disable=not progress)
+    try:
+        if nproc <= 1 or len(jobs) == 1:
+            for job in jobs:
+                _collect(res, _score_one(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=nproc) as pool:
+                futs = [pool.submit(_score_one, j) for j in jobs]
+                try:
+                    for fut in as_completed(futs):
+                        _collect(res, fut.result())
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    return res
+
+
+def _collect(res: EvalResult, out: tuple) -> None:
+    meth, stem, vals, notes = out
+    res.values[meth][stem] = vals
+    res.notes.extend(notes)

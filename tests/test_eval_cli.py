@@ -1,0 +1,152 @@
+"""refusion-eval: pairing by stem across formats, tables, per-image JSON, user errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from refusion.cli.eval import main
+from refusion.metrics import EvalResult, compute_suite, evaluate_folders, read_grey
+
+METRICS = "EN,SD,MSE,Qabf"
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    rng = np.random.default_rng(0)
+    dirs = {k: tmp_path / k for k in ("ir", "vi", "good", "bad")}
+    for d in dirs.values():
+        d.mkdir()
+    for i in range(3):
+        a = rng.integers(0, 256, (24, 20), dtype=np.uint8)
+        b = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+        yb = cv2.cvtColor(b, cv2.COLOR_BGR2YCrCb)[..., 0]
+        good = ((a.astype(int) + yb) // 2).astype(np.uint8)
+        cv2.imwrite(str(dirs["ir"] / f"{i:02d}.png"), a)
+        cv2.imwrite(str(dirs["vi"] / f"{i:02d}.bmp"), b)  # other format, same stem
+        cv2.imwrite(str(dirs["good"] / f"{i:02d}.png"), good)
+        cv2.imwrite(str(dirs["bad"] / f"{i:02d}.png"), rng.integers(0, 256, (24, 20), np.uint8))
+    cv2.imwrite(str(dirs["ir"] / "extra.png"), a)  # no partner
+    (dirs["bad"] / "02.png").unlink()  # a missing fused image
+    return dirs
+
+
+def test_python_api_pairs_and_values(folders):
+    res = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], folders["bad"]],
+                           metrics=METRICS.split(","), workers=1)
+    assert set(res.values["good"]) == {"00", "01", "02"}
+    assert set(res.values["bad"]) == {"00", "01"}
+    assert any("extra.png" in m for m in res.missing)
+    assert any("bad" in m and "'02'" in m for m in res.missing)
+    a = read_grey(folders["ir"] / "01.png")
+    b = read_grey(folders["vi"] / "01.bmp")
+    f = read_grey(folders["good"] / "01.png")
+    assert res.values["good"]["01"] == compute_suite(a, b, f, METRICS.split(","))
+
+
+def test_markdown_bolds_best_per_column(folders):
+    res = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], folders["bad"]],
+                           metrics=["Qabf", "MSE"], workers=1)
+    md = res.to_markdown()
+    rows = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
+    summ = res.summary()
+    best_q = max(("good", "bad"), key=lambda k: summ[k]["Qabf"]["mean"])
+    best_mse = min(("good", "bad"), key=lambda k: summ[k]["MSE"]["mean"])
+    q_cell = rows[best_q].split("|")[2]
+    mse_cell = rows[best_mse].split("|")[3]
+    assert "**" in q_cell and "**" in mse_cell
+    assert f"{summ['good']['Qabf']['mean']:.4f}" in rows["good"]
+
+
+def test_cli_json_csv_round_trip(folders, tmp_path, capsys):
+    per = tmp_path / "per_image.json"
+    rc = main(["--a", str(folders["ir"]), "--b", str(folders["vi"]),
+               "--fused", str(folders["good"]), "--fused", str(folders["bad"]),
+               "--metrics", METRICS, "--format", "json", "--per-image", str(per),
+               "--workers", "2"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert "extra.png" in err
+    table = json.loads(out)
+    saved = json.loads(per.read_text())
+    assert table == saved
+    res = EvalResult.from_json(per.read_text())
+    assert res.to_json() == per.read_text()
+    ref = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], folders["bad"]],
+                           metrics=METRICS.split(","), workers=1)
+    assert res.values == ref.values
+    rc = main(["--a", str(folders["ir"]), "--b", str(folders["vi"]),
+               "--fused", str(folders["good"]), "--metrics", METRICS, "--format", "csv",
+               "--workers", "1"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["method"] == "good" and rows[0]["n_images"] == "3"
+    assert math.isclose(float(rows[0]["EN_mean"]), ref.summary()["good"]["EN"]["mean"])
+
+
+def test_cli_convention_changes_values(folders, capsys):
+    args = ["--a", str(folders["ir"]), "--b", str(folders["vi"]), "--fused",
+            str(folders["good"]), "--metrics", "MSE", "--format", "json", "--workers", "1"]
+    main(args)
+    plain = json.loads(capsys.readouterr().out)
+    main(args + ["--convention", "tang"])
+    tang = json.loads(capsys.readouterr().out)
+    assert tang["conventions"] == {"MSE": "tang"}
+    p = plain["methods"]["good"]["summary"]["MSE"]["mean"]
+    t = tang["methods"]["good"]["summary"]["MSE"]["mean"]
+    assert t == pytest.approx(p / 65025)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--metrics", "EN,NOPE"], "NOPE"),
+    (["--convention", "bogus"], "bogus"),
+])
+def test_cli_user_errors_one_line(folders, capsys, extra, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(["--a", str(folders["ir"]), "--b", str(folders["vi"]),
+              "--fused", str(folders["good"])] + extra)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "error:" in err[0]
+
+
+def test_cli_missing_folder_and_size_mismatch(folders, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--a", str(tmp_path / "nope"), "--b", str(folders["vi"]),
+              "--fused", str(folders["good"])])
+    assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+    cv2.imwrite(str(folders["good"] / "00.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(SystemExit) as exc:
+        main(["--a", str(folders["ir"]), "--b", str(folders["vi"]),
+              "--fused", str(folders["good"]), "--metrics", "EN", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "size mismatch" in err and "00.png" in err
+
+
+def test_cli_unreadable_image(folders, capsys):
+    (folders["good"] / "01.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as exc:
+        main(["--a", str(folders["ir"]), "--b", str(folders["vi"]),
+              "--fused", str(folders["good"]), "--metrics", "EN", "--workers", "1"])
+    assert exc.value.code == 2 and "01.png" in capsys.readouterr().err
+
+
+def test_real_tno_triplet_if_available():
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    ir = shared / "data" / "ivif" / "TNO" / "ir"
+    if not ir.is_dir():
+        pytest.skip(f"{ir} not present (the shared data folder ships beside the repo in CI)")
+    files = sorted(ir.iterdir())[:1]
+    vi = shared / "data" / "ivif" / "TNO" / "vi"
+    a = read_grey(files[0])
+    b = read_grey(next(vi.glob(files[0].stem + ".*")))
+    vals = compute_suite(a, b, np.round((a + b) / 2))
+    assert all(math.isfinite(v) for v in vals.values())
+    assert 0 < vals["Qabf"] < 1 and vals["EN"] > 0

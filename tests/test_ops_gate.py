@@ -1,0 +1,153 @@
+"""GELU gate op: native CPU/CUDA kernels vs reference, autograd to 2nd order, export path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from refusion import _native
+from refusion.ops import GeluGate, gelu_gate, gelu_mul
+from refusion.ops import _kernels as K
+from refusion.ops.gate import gelu_mul_reference
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
+SHAPES = [(2, 3, 17, 23), (1, 1, 1, 1), (1, 1, 1, 7), (1, 1, 7, 1), (3, 8, 32, 33)]
+
+
+def require_kernels(device: str) -> None:
+    mod = _native.native_module()
+    if mod is None:
+        pytest.skip("refusion._C is not built (or REFUSION_DISABLE_NATIVE is set)")
+    if not getattr(mod, f"has_{device}_kernels", False):
+        pytest.skip(f"refusion._C was built without {device.upper()} kernels")
+
+
+def ab(shape, device, dtype=torch.float32):
+    # Spread a over the whole erf range, saturated tails included.
+    return 3 * torch.randn(shape, device=device, dtype=dtype), torch.randn(
+        shape, device=device, dtype=dtype
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+class TestGeluGate:
+    def test_definition(self, device):
+        x = torch.randn(2, 6, 4, 5, device=device)
+        torch.testing.assert_close(gelu_gate(x), F.gelu(x[:, :3]) * x[:, 3:])
+        assert gelu_gate(x).shape == (2, 3, 4, 5)
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_native_matches_reference(self, device, shape):
+        require_kernels(device)
+        a, b = ab(shape, device)
+        # The reference is evaluated in float64: torch's float32 GELU itself is off by up to
+        # ~2e-6 for a << 0 (1 + erf(a / sqrt 2) cancels), the kernels are not (erfc / normcdf).
+        want = gelu_mul_reference(a.double(), b.double()).float()
+        torch.testing.assert_close(K.gelu_mul_op(a, b), want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(gelu_mul_reference(a, b), want, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_native_backward_matches_reference(self, device, shape):
+        require_kernels(device)
+        a, b = ab(shape, device)
+        g = torch.randn_like(a)
+        got = K.gelu_mul_backward_op(g, a, b)
+        want = K.gelu_mul_backward_reference(g.double(), a.double(), b.double())
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x.double(), y, rtol=1e-6, atol=1e-6)
+
+    def test_public_api_routes_to_kernel(self, device, monkeypatch):
+        require_kernels(device)
+        calls = []
+        op = K.gelu_mul_op
+        monkeypatch.setattr(K, "gelu_mul_op", lambda a, b: calls.append(1) or op(a, b))
+        gelu_gate(torch.randn(2, 4, 3, 3, device=device))
+        assert calls == [1]
+
+    def test_float16(self, device):
+        # CUDA: native float16 kernel (float32 math); CPU: float16 runs the reference.
+        a, b = ab((2, 4, 19, 21), device)
+        got = gelu_mul(a.half(), b.half())
+        assert got.dtype == torch.float16
+        want = gelu_mul_reference(a.half().float(), b.half().float())
+        torch.testing.assert_close(got.float(), want, rtol=2e-3, atol=2e-3)
+
+    def test_non_contiguous(self, device):
+        # gelu_gate's halves are views that are not contiguous across the batch (read as-is);
+        # the other layouts are copied by the wrapper.
+        x = torch.randn(3, 8, 9, 10, device=device)
+        a, b = x.chunk(2, dim=1)
+        assert not a.is_contiguous()
+        torch.testing.assert_close(gelu_mul(a, b), gelu_mul_reference(a, b), rtol=1e-6, atol=1e-6)
+        for a2, b2 in [(a.transpose(2, 3), b.transpose(2, 3)), (a[..., ::2], b[..., 1::2])]:
+            torch.testing.assert_close(
+                gelu_mul(a2, b2), gelu_mul_reference(a2, b2), rtol=1e-6, atol=1e-6
+            )
+
+    def test_autograd_matches_reference(self, device):
+        x = torch.randn(2, 6, 7, 8, device=device, requires_grad=True)
+        (g_native,) = torch.autograd.grad(gelu_gate(x).square().sum(), x)
+        a, b = x.chunk(2, dim=1)
+        (g_ref,) = torch.autograd.grad(gelu_mul_reference(a, b).square().sum(), x)
+        torch.testing.assert_close(g_native, g_ref, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("shape", [(1, 2, 3, 4), (1, 1, 1, 1)])
+    def test_gradcheck_gradgradcheck(self, device, shape):
+        a, b = ab(shape, device, torch.float64)
+        a.requires_grad_()
+        b.requires_grad_()
+        assert torch.autograd.gradcheck(gelu_mul, (a, b))
+        assert torch.autograd.gradgradcheck(gelu_mul, (a, b))
+        x = torch.randn(2, 4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+        assert torch.autograd.gradgradcheck(gelu_gate, (x,))
+
+    def test_gradcheck_backward_op(self, device):
+        require_kernels(device)
+        g, a, b = (
+            torch.randn(1, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+            for _ in range(3)
+        )
+        assert torch.autograd.gradcheck(K.gelu_mul_backward_op, (g, a, b))
+        assert torch.autograd.gradgradcheck(K.gelu_mul_backward_op, (g, a, b))
+
+    def test_opcheck(self, device):
+        a, b = (torch.randn(2, 3, 5, 6, device=device, requires_grad=True) for _ in range(2))
+        torch.library.opcheck(K.gelu_mul_op, (a, b))
+        g = torch.randn(2, 3, 5, 6, device=device, requires_grad=True)
+        torch.library.opcheck(K.gelu_mul_backward_op, (g, a, b))
+
+    def test_export_uses_reference(self, device, monkeypatch):
+        def fail(*args):
+            raise AssertionError("native gate called while exporting")
+
+        x = torch.randn(1, 4, 5, 6, device=device)
+        with monkeypatch.context() as m:
+            m.setattr(K, "gelu_mul_op", fail)
+            m.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+            torch.testing.assert_close(gelu_gate(x), F.gelu(x[:, :2]) * x[:, 2:])
+        traced = torch.jit.trace(GeluGate(), x, check_trace=False)
+        assert "refusion::" not in str(traced.graph)
+        torch.testing.assert_close(traced(x), gelu_gate(x))
+
+    def test_input_checks(self, device):
+        a = torch.randn(1, 2, 3, 3, device=device)
+        with pytest.raises(ValueError, match="differ in shape"):
+            gelu_mul(a, a[:, :1])
+        with pytest.raises(ValueError, match="dtype"):
+            gelu_mul(a, a.double())
+        with pytest.raises(ValueError, match="B, C, H, W"):
+            gelu_mul(a[0], a[0])
+        with pytest.raises(ValueError, match="even channel"):
+            gelu_gate(torch.randn(1, 3, 2, 2, device=device))
+        with pytest.raises(TypeError, match="floating"):
+            gelu_mul(a.int(), a.int())
+
+    def test_empty(self, device):
+        assert gelu_gate(torch.randn(0, 4, 3, 3, device=device)).shape == (0, 2, 3, 3)
