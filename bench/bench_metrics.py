@@ -30,7 +30,7 @@ def test_default_suite(benchmark, triplet_640x480):
     assert len(vals) == len(M.METRICS)
 
 
-@pytest.mark.parametrize("name", ["Q_CB", "FMI", "VIF", "SSIM", "Q_Y", "Qabf", "Nabf"])
+@pytest.mark.parametrize("name", ["Q_CB", "FMI", "VIF", "SSIM", "MS_SSIM", "Q_Y", "Qabf", "Nabf"])
 def test_single_metric(benchmark, triplet_640x480, name):
     v = benchmark(M.compute, name, *triplet_640x480)
     assert np.isfinite(v)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import warnings
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 
 class DegenerateInputWarning(RuntimeWarning):
@@ -87,17 +87,30 @@ def gauss1d(size: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
+_BORDERS = {"constant": cv2.BORDER_CONSTANT, "nearest": cv2.BORDER_REPLICATE,
+            "reflect": cv2.BORDER_REFLECT, "mirror": cv2.BORDER_REFLECT_101}
+
+
+def _sep(x: np.ndarray, w1d: np.ndarray, border: int) -> np.ndarray:
+    # OpenCV's separable float64 filter: the same sums as scipy.ndimage.correlate1d twice
+    # (~1e-16 relative apart), several times faster.
+    return cv2.sepFilter2D(np.ascontiguousarray(x, dtype=np.float64), cv2.CV_64F, w1d, w1d,
+                           borderType=border)
+
+
 def filter_valid(x: np.ndarray, w1d: np.ndarray) -> np.ndarray:
     """Correlate with the separable window ``outer(w1d, w1d)``, MATLAB ``filter2(...,'valid')``."""
     h = len(w1d) // 2
-    y = ndimage.correlate1d(x, w1d, axis=0, mode="constant")[h : x.shape[0] - h]
-    return ndimage.correlate1d(y, w1d, axis=1, mode="constant")[:, h : x.shape[1] - h]
+    m, n = x.shape
+    if m <= 2 * h or n <= 2 * h:
+        return np.empty((max(m - 2 * h, 0), max(n - 2 * h, 0)))
+    return _sep(x, w1d, cv2.BORDER_CONSTANT)[h : m - h, h : n - h]
 
 
 def filter_same(x: np.ndarray, w1d: np.ndarray, mode: str) -> np.ndarray:
-    """Correlate with ``outer(w1d, w1d)``, same size, scipy.ndimage border ``mode``."""
-    y = ndimage.correlate1d(x, w1d, axis=0, mode=mode)
-    return ndimage.correlate1d(y, w1d, axis=1, mode=mode)
+    """Correlate with ``outer(w1d, w1d)``, same size, border ``mode`` named as in scipy.ndimage
+    (``constant`` = zeros, ``nearest``, ``reflect``, ``mirror``)."""
+    return _sep(x, w1d, _BORDERS[mode])
 
 
 def entropy_bits(counts: np.ndarray) -> float:

@@ -64,8 +64,9 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("Q_CB", "vifb", _c("vifb", "liu", "mefb")),
         MetricSpec("Q_NCIE", "mefb", _c("mefb", "liu=mefb")),
         MetricSpec("Q_Y", "mefb", _c("mefb", "liu")),
-        MetricSpec("FMI", "pixel", _c("pixel", "none=pixel", "dct", "mefb=pixel",
-                                      "tang=pixel")),
+        # MEFB metricsFMI and Tang's analysis_Reference call the function without a feature,
+        # so theirs is edge-FMI (not provided): no "mefb"/"tang" alias maps to pixel-FMI.
+        MetricSpec("FMI", "pixel", _c("pixel", "none=pixel", "dct")),
     )
 }
 

@@ -7,8 +7,8 @@ one pixel without repeating the edge (numpy 'reflect').
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from ._common import as_image, as_triplet, degenerate
 
@@ -68,16 +68,20 @@ _SMOOTH = np.array([1.0, 2.0, 1.0])
 _DERIV = np.array([-1.0, 0.0, 1.0])
 
 
+def _sep3(x: np.ndarray, kx: np.ndarray, ky: np.ndarray, border: int) -> np.ndarray:
+    # 3-tap separable correlation (OpenCV, float64): kx along rows, ky down columns. On
+    # integer images every sum is exact whatever the order.
+    return cv2.sepFilter2D(np.ascontiguousarray(x), cv2.CV_64F, kx, ky, borderType=border)
+
+
 def _qabf_sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # True convolution with [-1 0 1; -2 0 2; -1 0 1] (Sx) and [1 2 1; 0 0 0; -1 -2 -1] (Sy),
-    # zero padding: separable, and exact on integer data whatever the summation order.
-    sx = ndimage.convolve1d(ndimage.convolve1d(x, _SMOOTH, axis=0, mode="constant"),
-                            _DERIV, axis=1, mode="constant")
-    sy = ndimage.convolve1d(ndimage.convolve1d(x, _SMOOTH, axis=1, mode="constant"),
-                            -_DERIV, axis=0, mode="constant")
+    # zero padding; as correlations the kernels are flipped.
+    sx = _sep3(x, -_DERIV, _SMOOTH, cv2.BORDER_CONSTANT)
+    sy = _sep3(x, _SMOOTH, _DERIV, cv2.BORDER_CONSTANT)
     g = np.sqrt(sx * sx + sy * sy)
     with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = np.where(sx == 0, np.pi / 2, np.arctan(sy / np.where(sx == 0, 1.0, sx)))
+        alpha = np.where(sx == 0, np.pi / 2, np.arctan(sy / sx))
     return g, alpha
 
 
@@ -109,11 +113,10 @@ def qabf(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
 
 
 def _kumar_sobel(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    xe = np.pad(x, 1, mode="reflect")
-    # Correlation with [-1 0 1;-2 0 2;-1 0 1]/8 (gv) and [-1 -2 -1;0 0 0;1 2 1]/8 (gh).
-    gv = ndimage.correlate1d(ndimage.correlate1d(xe, _SMOOTH, axis=0), _DERIV, axis=1)[1:-1, 1:-1]
-    gh = ndimage.correlate1d(ndimage.correlate1d(xe, _SMOOTH, axis=1), _DERIV, axis=0)[1:-1, 1:-1]
-    gv, gh = gv / 8, gh / 8
+    # Correlation with [-1 0 1;-2 0 2;-1 0 1]/8 (gv) and [-1 -2 -1;0 0 0;1 2 1]/8 (gh) after a
+    # 1-pixel mirror extension without repeating the edge (OpenCV REFLECT_101).
+    gv = _sep3(x, _DERIV, _SMOOTH, cv2.BORDER_REFLECT_101) / 8
+    gh = _sep3(x, _SMOOTH, _DERIV, cv2.BORDER_REFLECT_101) / 8
     g = np.sqrt(gh * gh + gv * gv)
     both0 = (gv == 0) & (gh == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -138,8 +141,9 @@ def _nabf_kumar(fused: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> float:
     qa = _kumar_q(ga, aa, gf, af)
     qb = _kumar_q(gb, ab, gf, af)
     with np.errstate(invalid="ignore"):
-        wa = np.where(ga >= 2, ga ** 1.5, 0.001)
-        wb = np.where(gb >= 2, gb ** 1.5, 0.001)
+        # g^1.5 as g*sqrt(g): one ulp from MATLAB's power, several times cheaper.
+        wa = np.where(ga >= 2, ga * np.sqrt(ga), 0.001)
+        wb = np.where(gb >= 2, gb * np.sqrt(gb), 0.001)
     na = (gf > ga) & (gf > gb)
     return float(np.sum(na * ((1 - qa) * wa + (1 - qb) * wb)) / np.sum(wa + wb))
 

@@ -102,35 +102,25 @@ def q_ncie(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
 #
 # The reference loops over 81 joint-PDF cells per 3x3 window. The joint PDF is
 # w * C + (1 - w) * outer(pf, px), where C is the Frechet upper (c >= 0) or lower (c < 0)
-# coupling. C is non-zero only on a monotone staircase of at most 17 cells, so the 81-cell
-# entropy is the closed form for the product part plus a correction on the staircase cells.
-# That is exact up to rounding and needs O(18) work per window instead of O(81).
+# coupling. The lower bound is the upper one with the X cells in reverse order, and the upper
+# one is non-zero only on a monotone staircase: merging the two sorted CDFs P (of F) and Q (of
+# X) cuts [0, 1] into 18 segments, each inside one cell. So the 81-cell entropy is the closed
+# form of the product part plus a correction on those 18 cells, exact up to rounding.
+#
+# The merge needs no sort. The segment ending at P_i lies in column #{j: Q_j < P_i} and starts
+# at the larger of P_(i-1) and the Q value before it; symmetrically for Q_j, whose row is
+# #{i: P_i <= Q_j} (ties put P first, so a Q segment tied with a P value has zero mass). The
+# segment past min(P_8, Q_8) lies outside the 9x9 grid (column or row 9): the reference leaves
+# it out; here it gets a zero product term and keeps its few-ulp mass, a ~1e-16 effect.
 # --------------------------------------------------------------------------------------------
 
-_IDX = np.arange(1, 10, dtype=np.float64)[:, None]
-_CHUNK = 4096  # windows per chunk: keeps the (17, n) temporaries in L2 cache
+_WINDOWS_PER_CHUNK = 2048  # per chunk (whole image rows): the work arrays stay in L2 cache
+_IDX1 = np.arange(1, 10, dtype=np.float64)[:, None]
+_MOMENTS = np.stack([np.arange(1, 10.0), np.arange(1, 10.0) ** 2])
+_TINY = 5e-324  # log2 of it is finite, so t * log2(max(t, _TINY)) is 0 at t = 0
 
-# Arrays below are laid out (cells, windows): reductions over the 9 cells then run along long
+# Arrays are laid out (cells, windows): reductions over the 9 cells then run along long
 # contiguous rows, which is several times faster in numpy than reducing short trailing axes.
-
-
-def _windows(x: np.ndarray) -> np.ndarray:
-    """All valid 3x3 windows as a (9, n_windows) array, cells in MATLAB ``sub(:)`` order."""
-    m, n = x.shape
-    return np.stack([x[r:r + m - 2, c:c + n - 2].ravel() for c in range(3) for r in range(3)])
-
-
-def _minmax_norm(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mn, mx = w.min(0), w.max(0)
-    const = mx == mn
-    span = np.where(const, 1.0, mx - mn)
-    return np.where(const, 1.0, (w - mn) / span), const
-
-
-def _xlog2(t: np.ndarray) -> np.ndarray:
-    """t * log2|t| with 0 at t = 0 (the real part MATLAB keeps for negative t)."""
-    at = np.abs(t)
-    return t * np.log2(np.where(at > 0, at, 1.0))
 
 
 def _cumsum0(x: np.ndarray) -> np.ndarray:
@@ -142,83 +132,170 @@ def _cumsum0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _staircase(p: np.ndarray, q: np.ndarray):
-    """Cells (i, j) and masses of the comonotone coupling of the PDFs p (rows) and q (cols).
+def _band(x: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """The 3x3 windows of output rows r0..r1-1 as (9, n), cells in MATLAB ``sub(:)`` order."""
+    n = x.shape[1] - 2
+    return np.stack([x[r0 + r:r1 + r, c:c + n] for c in range(3) for r in range(3)]
+                    ).reshape(9, -1)
 
-    The merged CDF breakpoints cut [0, 1] into segments, each inside one cell of the 9x9 grid;
-    zero-length segments carry no mass. The 18th segment lies between the two final CDF values
-    (both 1 up to rounding), so only the first 17 are returned, as three (17, n) arrays.
+
+class _Side:
+    """One image's windows as 9-point PDFs: the PDF, its CDF, moments and entropy terms.
+
+    The reference min-max normalises a window and divides by the sum; the span cancels, so the
+    PDF is (w - min) / sum(w - min) up to rounding. A constant window becomes all ones there,
+    i.e. the uniform PDF.
     """
-    vals = np.concatenate([_cumsum0(p), _cumsum0(q)], 0)
-    order = np.argsort(vals.T, axis=1, kind="stable").T[:17]
-    t = np.take_along_axis(vals, order, 0)
-    isp = order < 9
-    before_p = _cumsum0(isp.astype(np.int64)) - isp
-    before_q = np.arange(17)[:, None] - before_p
-    mass = np.empty_like(t)
-    mass[0] = t[0]
-    np.subtract(t[1:], t[:-1], out=mass[1:])
-    return np.minimum(before_p, 8), np.minimum(before_q, 8), mass
+
+    def __init__(self, w: np.ndarray):
+        mn, mx = w.min(0), w.max(0)
+        self.mn, self.mx = mn, mx
+        self.const = mx == mn
+        d = w - mn
+        d += self.const
+        p = d / d.sum(0)
+        self.p = p
+        self.s = p.sum(0)
+        self.cdf = _cumsum0(p)
+        self.t = p - self.s / 9
+        self.tt = np.einsum("ij,ij->j", self.t, self.t)
+        self.e, e2 = _MOMENTS @ p
+        self.sd = np.sqrt(np.maximum(e2 - self.e * self.e, 0.0))
+        lp = np.maximum(p, _TINY)
+        np.log2(lp, out=lp)
+        self.plogp = np.einsum("ij,ij->j", p, lp)
+        self._rcdf: np.ndarray | None = None
+
+    def reversed_cdf(self) -> np.ndarray:
+        if self._rcdf is None:
+            self._rcdf = _cumsum0(self.p[::-1])
+        return self._rcdf
 
 
-def _fmi_pair(xn: np.ndarray, cx: np.ndarray, fn: np.ndarray, cf: np.ndarray) -> np.ndarray:
-    """Normalised feature MI per window between min-max normalised windows xn and fn (9, n)."""
-    px = xn / xn.sum(0)
-    pf = fn / fn.sum(0)
-    xt = px - px.mean(0)
-    ft = pf - pf.mean(0)
-    num = np.sum(xt * ft, 0)
+class _Merge:
+    """Buffers for the staircase of F against one source; F's halves are filled once.
+
+    Segments 0..8 end at P_i (F's CDF), 9..17 at Q_j (the source's). ``cdf`` and ``prob`` stack
+    the source's then F's values so that one ``take`` serves both halves: rows 0..9 of ``cdf``
+    are (0, Q_0..Q_8) and rows 10..19 (0, P_0..P_8); ``prob`` rows are (q_0..q_8, 0, p_0..p_8, 0).
+    """
+
+    def __init__(self, fs: _Side):
+        n = fs.p.shape[1]
+        self.fs, self.n, self.col = fs, n, np.arange(n)
+        self.cdf = np.empty((20, n))
+        self.cdf[0] = self.cdf[10] = 0.0
+        self.cdf[11:] = fs.cdf
+        self.prob = np.empty((20, n))
+        self.prob[9] = self.prob[19] = 0.0
+        self.prob[10:19] = fs.p
+        self.lt = np.empty((9, 9, n), dtype=bool)
+        self.idx = np.empty((18, n), dtype=np.intp)
+        self.wgt = np.empty((18, n))
+        self.mass = np.empty((18, n))
+        self.pq = np.empty((18, n))
+        self.buf = np.empty((18, n))
+
+
+def _fmi_pair(mg: _Merge, xs: _Side) -> np.ndarray:
+    """Normalised feature MI, per window, between F (``mg.fs``) and the source ``xs``."""
+    fs, n = mg.fs, mg.n
+    num = np.einsum("ij,ij->j", xs.t, fs.t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(num == 0, 0.0, num / np.sqrt(np.sum(xt * xt, 0) * np.sum(ft * ft, 0)))
+        c = np.where(num == 0, 0.0, num / np.sqrt(xs.tt * fs.tt))
     # A constant window becomes the uniform PDF. The reference's mean() of nine 1/9 (summed in
     # order) is one ulp off 1/9, so two constant windows correlate to exactly 1 and one constant
     # window to ~1e-17, where exact arithmetic would give 0/0 -> 0. Reproduce the reference.
-    c = np.where(cx & cf, 1.0, np.where(cx | cf, 0.0, c))
-    ex, ef = np.sum(px * _IDX, 0), np.sum(pf * _IDX, 0)
-    sdx = np.sqrt(np.maximum(np.sum(px * (_IDX * _IDX), 0) - ex * ex, 0.0))
-    sdf = np.sqrt(np.maximum(np.sum(pf * (_IDX * _IDX), 0) - ef * ef, 0.0))
-
+    c = np.where(xs.const & fs.const, 1.0, np.where(xs.const | fs.const, 0.0, c))
     pos = c >= 0
-    # Lower Frechet bound = comonotone coupling of pf with px in reversed index order.
-    q = np.where(pos, px, px[::-1])
-    ii, jj, mass = _staircase(pf, q)
-    jj = np.where(pos, jj, 8 - jj)
-    # Hoeffding: the coupling's covariance over the index grid 1..9 (= covUp / covLo).
-    cov = np.sum(mass * ((ii + 1) * (jj + 1)), 0) - ef * ex
+    # The source's side of the buffers: its PDF q and CDF Q, cells reversed where c < 0.
+    q, qcdf = mg.prob[:9], mg.cdf[1:10]
+    np.copyto(q, xs.p)
+    np.copyto(qcdf, xs.cdf)
+    qmean = xs.e
+    if not pos.all():
+        neg = ~pos
+        np.copyto(q, xs.p[::-1], where=neg)
+        np.copyto(qcdf, xs.reversed_cdf(), where=neg)
+        qmean = np.where(pos, xs.e, 10.0 - xs.e)
+
+    lt = mg.lt
+    for i in range(9):
+        np.less(qcdf, fs.cdf[i], out=lt[i])  # lt[i, j] = Q_j < P_i
+    lt8 = lt.view(np.uint8)
+    col_p = np.add.reduce(lt8, axis=1, dtype=np.uint8)  # column of P_i's segment
+    n_le = np.add.reduce(lt8, axis=0, dtype=np.uint8)  # 9 - row of Q_j's segment
+    idx, wgt = mg.idx, mg.wgt
+    idx[:9] = col_p
+    np.subtract(19, n_le, out=idx[9:], dtype=np.intp, casting="unsafe")
+    # (row + 1) * (column + 1) of each segment's cell, for the coupling's covariance.
+    np.add(col_p, 1, out=wgt[:9], dtype=np.float64, casting="unsafe")
+    np.subtract(10, n_le, out=wgt[9:], dtype=np.float64, casting="unsafe")
+    wgt[:9] *= _IDX1
+    wgt[9:] *= _IDX1
+    idx *= n
+    idx += mg.col
+
+    mass = np.take(mg.cdf, idx, out=mg.mass)  # the other CDF's value below the segment's end
+    np.maximum(mass[:9], mg.cdf[10:19], out=mass[:9])
+    np.maximum(mass[9:], mg.cdf[0:9], out=mass[9:])
+    np.subtract(fs.cdf, mass[:9], out=mass[:9])
+    np.subtract(qcdf, mass[9:], out=mass[9:])
+    pq = np.take(mg.prob, idx, out=mg.pq)  # product-PDF value of the segment's cell
+    pq[:9] *= fs.p
+    pq[9:] *= q
+
+    # Hoeffding: the coupling's covariance over the index grid (covUp / covLo of the
+    # reference); reversing X's cells negates it.
+    cov = np.einsum("ij,ij->j", mass, wgt) - fs.e * qmean
+    cov = np.where(pos, cov, -cov)
     with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where((c == 0) | (sdx == 0) | (sdf == 0), 0.0, c * (sdf * sdx) / cov)
+        w = np.where((c == 0) | (xs.sd == 0) | (fs.sd == 0), 0.0, c * (fs.sd * xs.sd) / cov)
     alpha = 1.0 - w
 
-    lx, lf = _xlog2(px), _xlog2(pf)
-    sx, sf = px.sum(0), pf.sum(0)
-    base = _xlog2(alpha) * sx * sf + alpha * (lf.sum(0) * sx + lx.sum(0) * sf)
-    cols = np.arange(px.shape[1])
-    prod = alpha * pf[ii, cols] * px[jj, cols]
-    corr = _xlog2(w * mass + prod) - _xlog2(prod)
-    hj = -(base + corr.sum(0))
-    hx, hf = -lx.sum(0), -lf.sum(0)
+    buf = mg.buf
+    spq = pq.sum(0)
+    np.maximum(pq, _TINY, out=buf)
+    np.log2(buf, out=buf)
+    xpq = np.einsum("ij,ij->j", pq, buf)  # sum of pq log2 pq over the staircase
+    joint = pq
+    joint *= alpha
+    mass *= w
+    joint += mass  # the joint PDF on the staircase cells
+    np.abs(joint, out=buf)  # MATLAB keeps the real part of log2 of a negative value
+    np.maximum(buf, _TINY, out=buf)
+    np.log2(buf, out=buf)
+    xjoint = np.einsum("ij,ij->j", joint, buf)
+
+    la = np.log2(np.where(alpha == 0, 1.0, np.abs(alpha)))
+    # sum over all 81 cells of xlog2(alpha p_i q_j), then swap the staircase cells' terms.
+    prod_part = alpha * la * xs.s * fs.s + alpha * (fs.plogp * xs.s + xs.plogp * fs.s)
+    stair = xjoint - alpha * (xpq + la * spq)
+    hj = -(prod_part + stair)
+    hx, hf = -xs.plogp, -fs.plogp
     mi = hx + hf - hj
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(mi == 0, 0.0, 2 * mi / (hx + hf))
 
 
-def _fmi_chunk(wa: np.ndarray, wb: np.ndarray, wf: np.ndarray) -> np.ndarray:
-    """Sum over the windows of a chunk of (FMI_AF + FMI_BF) / 2; windows are (9, n)."""
-    eq_a = np.all(wa == wf, 0)
-    an, ca = _minmax_norm(wa)
-    bn, cb = _minmax_norm(wb)
-    fn, cf = _minmax_norm(wf)
-    # The reference normalises fSub in place inside the A branch, so the B equality test sees
-    # the normalised F window whenever the A windows differed.
-    eq_b = np.all(wb == np.where(eq_a, wf, fn), 0)
-    total = float(np.count_nonzero(eq_a) + np.count_nonzero(eq_b))
-    for eq, xn, cx in ((eq_a, an, ca), (eq_b, bn, cb)):
-        m = ~eq
-        if m.all():
-            total += float(_fmi_pair(xn, cx, fn, cf).sum())
-        elif m.any():
-            total += float(_fmi_pair(xn[:, m], cx[m], fn[:, m], cf[m]).sum())
-    return total / 2
+def _fmi_band(fa: np.ndarray, fb: np.ndarray, ff: np.ndarray, r0: int, r1: int) -> float:
+    """Sum over the windows of output rows r0..r1-1 of (FMI_AF + FMI_BF) / 2."""
+    wa, wb, wf = _band(fa, r0, r1), _band(fb, r0, r1), _band(ff, r0, r1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sa, sb, sf = _Side(wa), _Side(wb), _Side(wf)
+        eq_a = np.all(wa == wf, 0)
+        # The reference normalises fSub in place inside the A branch, so the B equality test
+        # sees the normalised F window (values in [0, 1]) whenever the A windows differed.
+        eq_b = eq_a & np.all(wb == wf, 0)
+        cand = ~eq_a & (sb.mn >= 0) & (sb.mx <= 1)
+        if cand.any():
+            span = np.where(sf.const, 1.0, sf.mx - sf.mn)[cand]
+            fn = np.where(sf.const[cand], 1.0, (wf[:, cand] - sf.mn[cand]) / span)
+            eq_b[cand] = np.all(wb[:, cand] == fn, 0)
+        mg = _Merge(sf)
+        va = _fmi_pair(mg, sa)
+        vb = _fmi_pair(mg, sb)
+    return float(np.where(eq_a, 1.0, va).sum() + np.where(eq_b, 1.0, vb).sum()) / 2
 
 
 def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "pixel") -> float:
@@ -241,9 +318,7 @@ def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "pixel") 
         raise ValueError(f"unknown FMI convention {convention!r}")
     if min(a.shape) < 3:
         return degenerate("FMI", "an image needs at least 3 rows and 3 columns")
-    wa, wb, wf = _windows(fa), _windows(fb), _windows(ff)
-    n = wa.shape[1]
-    total = 0.0
-    for s in range(0, n, _CHUNK):
-        total += _fmi_chunk(wa[:, s:s + _CHUNK], wb[:, s:s + _CHUNK], wf[:, s:s + _CHUNK])
-    return total / n
+    rows, cols = a.shape[0] - 2, a.shape[1] - 2
+    step = max(1, _WINDOWS_PER_CHUNK // cols)
+    total = sum(_fmi_band(fa, fb, ff, r0, min(rows, r0 + step)) for r0 in range(0, rows, step))
+    return total / (rows * cols)

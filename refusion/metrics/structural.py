@@ -6,6 +6,7 @@ Each source is compared with the fused image and the two results are combined by
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -24,40 +25,76 @@ def _torch_gauss1d(size: int, sigma: float) -> np.ndarray:
     return (g / g.sum()).double().numpy()
 
 
-def _ssim_maps(x, y, filt, c1, c2, cov_norm=1.0):
-    """SSIM and contrast-structure maps for one pair with the local filter ``filt``."""
-    mx, my = filt(x), filt(y)
-    vx = cov_norm * (filt(x * x) - mx * mx)
-    vy = cov_norm * (filt(y * y) - my * my)
-    vxy = cov_norm * (filt(x * y) - mx * my)
-    cs = (2 * vxy + c2) / (vx + vy + c2)
-    ssim = ((2 * mx * my + c1) / (mx * mx + my * my + c1)) * cs
-    return ssim, cs
+def _ssim_vs_fused(srcs, f, filt, c1, c2, cov_norm=1.0):
+    """SSIM and contrast-structure maps of each source against F with the local filter
+    ``filt``; F's local mean and variance are computed once for all sources."""
+    mf = filt(f)
+    vf = cov_norm * (filt(f * f) - mf * mf)
+    out = []
+    for x in srcs:
+        mx = filt(x)
+        vx = cov_norm * (filt(x * x) - mx * mx)
+        vxf = cov_norm * (filt(x * f) - mx * mf)
+        cs = (2 * vxf + c2) / (vx + vf + c2)
+        out.append((((2 * mx * mf + c1) / (mx * mx + mf * mf + c1)) * cs, cs))
+    return out
 
 
-def _ssim_skimage(x, y, data_range: float) -> float:
+def _box7(z: np.ndarray) -> np.ndarray:
+    # scipy.ndimage.uniform_filter(z, 7, mode="reflect") as skimage runs it; OpenCV's box filter
+    # with the same border (edge sample repeated) is ~1e-15 relative from it and much faster.
+    return cv2.boxFilter(z, -1, (7, 7), borderType=cv2.BORDER_REFLECT)
+
+
+def _ssim_skimage(srcs, f, data_range: float) -> list[float]:
     # skimage structural_similarity defaults: 7x7 uniform window, sample covariance,
-    # scipy 'reflect' borders, a (7-1)//2 = 3 pixel border cropped before the mean.
+    # 'reflect' borders, a (7-1)//2 = 3 pixel border cropped before the mean.
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    maps = _ssim_vs_fused(srcs, f, _box7, c1, c2, cov_norm=49 / 48)
+    return [float(s[3:-3, 3:-3].mean()) for s, _ in maps]
+
+
+def _ssim_skimage_float32(srcs, f, data_range: float) -> list[float]:
+    """skimage ``structural_similarity(F, X, data_range=...)`` for each source X, on float32
+    images in skimage's own order of operations, as CDDFuse runs it (its ``image_read_cv2``
+    yields float32 and skimage then computes in float32). With data_range 2 the constants are
+    ~0, so that rounding of E[x^2] - E[x]^2 moves the result ~1e-5 relative from float64.
+    F's filtered moments are shared between the sources (the same values skimage computes).
+    """
     def filt(z):
-        return ndimage.uniform_filter(z, size=7, mode="reflect")
+        return ndimage.uniform_filter(z, size=7)
 
+    cov_norm = 49 / 48
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s, _ = _ssim_maps(x, y, filt, c1, c2, cov_norm=49 / 48)
-    return float(s[3:-3, 3:-3].mean())
+    x = f.astype(np.float32)
+    ux, uxx = filt(x), filt(x * x)
+    vx = cov_norm * (uxx - ux * ux)
+    out = []
+    for src in srcs:
+        y = src.astype(np.float32)
+        uy, uyy, uxy = filt(y), filt(y * y), filt(x * y)
+        vy = cov_norm * (uyy - uy * uy)
+        vxy = cov_norm * (uxy - ux * uy)
+        a1, a2 = 2 * ux * uy + c1, 2 * vxy + c2
+        b1, b2 = ux**2 + uy**2 + c1, vx + vy + c2
+        s = (a1 * a2) / (b1 * b2)
+        out.append(float(s[3:-3, 3:-3].mean(dtype=np.float64)))
+    return out
 
 
-def _ssim_gauss_valid(x, y, w1d: np.ndarray, data_range: float = 255.0) -> tuple[float, float]:
+def _ssim_gauss_valid(srcs, f, w1d: np.ndarray,
+                      data_range: float = 255.0) -> list[tuple[float, float]]:
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s, cs = _ssim_maps(x, y, lambda z: filter_valid(z, w1d), c1, c2)
-    return float(s.mean()), float(cs.mean())
+    maps = _ssim_vs_fused(srcs, f, lambda z: filter_valid(z, w1d), c1, c2)
+    return [(float(s.mean()), float(cs.mean())) for s, cs in maps]
 
 
-def _ssim_matlab_emul(x, y) -> float:
+def _ssim_matlab_emul(srcs, f) -> list[float]:
     # MATLAB ssim on double 0..255 input: DynamicRange 1 (C1 = 1e-4, C2 = 9e-4), 11x11 Gaussian
     # sigma 1.5, full-size map with replicate borders.
     w = gauss1d(11, 1.5)
-    s, _ = _ssim_maps(x, y, lambda z: filter_same(z, w, "nearest"), 1e-4, 9e-4)
-    return float(s.mean())
+    maps = _ssim_vs_fused(srcs, f, lambda z: filter_same(z, w, "nearest"), 1e-4, 9e-4)
+    return [float(s.mean()) for s, _ in maps]
 
 
 def ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse") -> float:
@@ -65,8 +102,9 @@ def ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse
 
     Conventions:
         ``cddfuse``: **sum**, skimage 0.19 as run by CDDFuse: 7x7 uniform window, sample
-            covariance, reflect borders, 3 px crop, data_range 2 (C1 = 4e-4, C2 = 3.6e-3).
-        ``skimage_dr255_sum``: the same with data_range 255.
+            covariance, reflect borders, 3 px crop, data_range 2 (C1 = 4e-4, C2 = 3.6e-3),
+            computed in float32 like CDDFuse's float32 images (~1e-5 from float64 here).
+        ``skimage_dr255_sum``: the same with data_range 255, in float64.
         ``vifb``: **sum**, Wang's code: 11x11 Gaussian (sigma 1.5), 'valid' map, L = 255.
         ``tang_matlab_ssim_emul``: **mean**, an emulation of MATLAB's built-in ``ssim`` on
             double input (11x11 Gaussian, replicate borders, C1 = 1e-4, C2 = 9e-4).
@@ -77,15 +115,20 @@ def ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse
     if convention in ("cddfuse", "skimage_dr255_sum"):
         if min(a.shape) < 7:
             return degenerate("SSIM", "images smaller than the 7x7 window")
-        dr = 2.0 if convention == "cddfuse" else 255.0
-        return _ssim_skimage(f, a, dr) + _ssim_skimage(f, b, dr)
+        if convention == "cddfuse":
+            sa, sb = _ssim_skimage_float32([a, b], f, 2.0)
+            return sa + sb
+        sa, sb = _ssim_skimage([a, b], f, 255.0)
+        return sa + sb
     if convention in ("vifb", "pytorch_msssim_sum"):
         if min(a.shape) < 11:
             return degenerate("SSIM", "images smaller than the 11x11 window")
         w = gauss1d(11, 1.5) if convention == "vifb" else _torch_gauss1d(11, 1.5)
-        return _ssim_gauss_valid(a, f, w)[0] + _ssim_gauss_valid(b, f, w)[0]
+        (sa, _), (sb, _) = _ssim_gauss_valid([a, b], f, w)
+        return sa + sb
     if convention == "tang_matlab_ssim_emul":
-        return 0.5 * _ssim_matlab_emul(f, a) + 0.5 * _ssim_matlab_emul(f, b)
+        sa, sb = _ssim_matlab_emul([a, b], f)
+        return 0.5 * sa + 0.5 * sb
     raise ValueError(f"unknown SSIM convention {convention!r}")
 
 
@@ -99,37 +142,45 @@ def _avg_pool_torch(x: np.ndarray) -> np.ndarray:
             + xp[0:2 * oh:2, 1:2 * ow:2] + xp[1:2 * oh:2, 1:2 * ow:2]) / 4
 
 
-def _ms_ssim_torch(x: np.ndarray, y: np.ndarray) -> float:
+def _ms_ssim_torch(srcs, f) -> list[float]:
+    """pytorch-msssim ``ms_ssim`` of each source against F."""
     w = _torch_gauss1d(11, 1.5)
-    mcs = []
+    mcs: list[list[float]] = [[] for _ in srcs]
     for level in range(5):
-        s, cs = _ssim_gauss_valid(x, y, w)
+        vals = _ssim_gauss_valid(srcs, f, w)
         if level < 4:
-            mcs.append(max(cs, 0.0))
-            x, y = _avg_pool_torch(x), _avg_pool_torch(y)
-    vals = np.array(mcs + [max(s, 0.0)])
-    return float(np.prod(vals ** _MS_WEIGHTS))
+            for k, (_, cs) in enumerate(vals):
+                mcs[k].append(max(cs, 0.0))
+            srcs, f = [_avg_pool_torch(x) for x in srcs], _avg_pool_torch(f)
+    return [float(np.prod(np.array(m + [max(s, 0.0)]) ** _MS_WEIGHTS))
+            for m, (s, _) in zip(mcs, vals)]
 
 
-def _ms_ssim_wang(x: np.ndarray, y: np.ndarray) -> float | None:
-    w = gauss1d(11, 1.5)
+def _wang_down(x: np.ndarray) -> np.ndarray:
+    # filter2(ones(2)/4, im, 'valid') then every other sample from the first.
+    m, n = x.shape
     box = np.array([0.5, 0.5])
-    mcs = []
+    return ndimage.correlate1d(ndimage.correlate1d(x, box, axis=0, origin=-1), box,
+                               axis=1, origin=-1)[0:m - 1:2, 0:n - 1:2]
+
+
+def _ms_ssim_wang(srcs, f) -> list[float | None]:
+    """Wang's ``ssim_mscale_new`` of each source against F (None where MATLAB goes complex)."""
+    w = gauss1d(11, 1.5)
+    mcs: list[list[float]] = [[] for _ in srcs]
     for level in range(5):
-        s, cs = _ssim_gauss_valid(x, y, w)
+        vals = _ssim_gauss_valid(srcs, f, w)
         if level < 4:
-            mcs.append(cs)
-            m, n = x.shape
-            # filter2(ones(2)/4, im, 'valid') then every other sample from the first.
-            x = ndimage.correlate1d(ndimage.correlate1d(x, box, axis=0, origin=-1), box,
-                                    axis=1, origin=-1)[0:m - 1:2, 0:n - 1:2]
-            y = ndimage.correlate1d(ndimage.correlate1d(y, box, axis=0, origin=-1), box,
-                                    axis=1, origin=-1)[0:m - 1:2, 0:n - 1:2]
-    mcs_arr = np.array(mcs)
-    if np.any(mcs_arr < 0):
-        return None  # a negative base to a fractional power is complex in MATLAB
-    # As released: the last level's SSIM enters without its weight.
-    return float(np.prod(mcs_arr ** _MS_WEIGHTS[:4]) * s)
+            for k, (_, cs) in enumerate(vals):
+                mcs[k].append(cs)
+            srcs, f = [_wang_down(x) for x in srcs], _wang_down(f)
+    out: list[float | None] = []
+    for m, (s, _) in zip(mcs, vals):
+        arr = np.array(m)
+        # A negative base to a fractional power is complex in MATLAB. As released, the last
+        # level's SSIM enters without its weight.
+        out.append(None if np.any(arr < 0) else float(np.prod(arr ** _MS_WEIGHTS[:4]) * s))
+    return out
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray,
@@ -151,25 +202,31 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray,
     if kind == "pytorch_msssim":
         if min(a.shape) <= 160:
             return degenerate("MS_SSIM", "pytorch-msssim needs images larger than 160 px")
-        va, vb = _ms_ssim_torch(a, f), _ms_ssim_torch(b, f)
+        va, vb = _ms_ssim_torch([a, b], f)
     else:
         if min(a.shape) < 176:
             return degenerate("MS_SSIM", "Wang's MS-SSIM needs images of at least 176 px")
-        va, vb = _ms_ssim_wang(a, f), _ms_ssim_wang(b, f)
+        va, vb = _ms_ssim_wang([a, b], f)
         if va is None or vb is None:
             return degenerate("MS_SSIM", "a negative contrast-structure term (complex power)")
     return va + vb if comb == "sum" else (va + vb) / 2
 
 
-def _ssim_yang(x, y, w1d):
+def _yang_maps(a, b, f, w1d):
+    """Yang's SSIM maps (C1 = C2 = 2e-16) of (A,B), (A,F), (B,F) and the local variances of A
+    and B; each image's local mean and variance are filtered once."""
     c = 2e-16
-    mx, my = filter_valid(x, w1d), filter_valid(y, w1d)
-    vx = filter_valid(x * x, w1d) - mx * mx
-    vy = filter_valid(y * y, w1d) - my * my
-    vxy = filter_valid(x * y, w1d) - mx * my
+    mu = {k: filter_valid(x, w1d) for k, x in (("a", a), ("b", b), ("f", f))}
+    var = {k: filter_valid(x * x, w1d) - mu[k] * mu[k] for k, x in (("a", a), ("b", b), ("f", f))}
+
+    def smap(kx, x, ky, y):
+        mx, my = mu[kx], mu[ky]
+        vxy = filter_valid(x * y, w1d) - mx * my
+        return ((2 * mx * my + c) * (2 * vxy + c)) / ((mx * mx + my * my + c)
+                                                      * (var[kx] + var[ky] + c))
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = ((2 * mx * my + c) * (2 * vxy + c)) / ((mx * mx + my * my + c) * (vx + vy + c))
-    return s, vx, vy
+        return smap("a", a, "b", b), smap("a", a, "f", f), smap("b", b, "f", f), var["a"], var["b"]
 
 
 def q_y(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "mefb") -> float:
@@ -186,9 +243,7 @@ def q_y(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "mefb") -
     if min(a.shape) < 11:
         return degenerate("Q_Y", "the reference needs images of at least 11x11")
     w = gauss1d(7, 1.5)
-    s_ab, va, vb = _ssim_yang(a, b, w)
-    s_af, _, _ = _ssim_yang(a, f, w)
-    s_bf, _, _ = _ssim_yang(b, f, w)
+    s_ab, s_af, s_bf, va, vb = _yang_maps(a, b, f, w)
     binm = s_ab >= 0.75
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = va / (va + vb)
