@@ -17,11 +17,9 @@ py::dict build_info() {
 #ifdef REFUSION_BUILD_TYPE
   info["build_type"] = REFUSION_BUILD_TYPE;
 #endif
-#ifdef REFUSION_WITH_OPENMP
-  info["openmp"] = true;
-#else
+  // Kept for callers that read it; CPU threading is the std::thread pool of csrc/cpu/parallel.cpp.
   info["openmp"] = false;
-#endif
+  info["cpu_threading"] = "thread pool (work stealing)";
 #ifdef REFUSION_WITH_CUDA
   info["cuda"] = true;
   info["cuda_compiler"] = REFUSION_CUDA_COMPILER;

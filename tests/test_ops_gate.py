@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,10 +68,46 @@ class TestGeluGate:
     def test_public_api_routes_to_kernel(self, device, monkeypatch):
         require_kernels(device)
         calls = []
-        op = K.gelu_mul_op
-        monkeypatch.setattr(K, "gelu_mul_op", lambda a, b: calls.append(1) or op(a, b))
-        gelu_gate(torch.randn(2, 4, 3, 3, device=device))
-        assert calls == [1]
+        gate_op, mul_op = K.gelu_gate_op, K.gelu_mul_op
+        monkeypatch.setattr(K, "gelu_gate_op", lambda x: calls.append("gate") or gate_op(x))
+        monkeypatch.setattr(K, "gelu_mul_op", lambda a, b: calls.append("mul") or mul_op(a, b))
+        x = torch.randn(2, 4, 3, 3, device=device)
+        gelu_gate(x)
+        gelu_mul(*x.chunk(2, dim=1))
+        assert calls == ["gate", "mul"]
+
+    @pytest.mark.parametrize("shape", [(2, 6, 17, 23), (1, 2, 1, 1), (3, 16, 32, 33)])
+    def test_gate_op_matches_reference(self, device, shape):
+        require_kernels(device)
+        x = 3 * torch.randn(shape, device=device)
+        want = gelu_mul_reference(*x.double().chunk(2, dim=1)).float()
+        got = K.gelu_gate_op(x)
+        assert got.shape == (shape[0], shape[1] // 2, *shape[2:]) and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+    @pytest.mark.parametrize("shape", [(2, 6, 17, 23), (1, 2, 1, 1), (3, 16, 32, 33)])
+    def test_gate_backward_op_matches_reference(self, device, shape):
+        require_kernels(device)
+        x = 3 * torch.randn(shape, device=device)
+        g = torch.randn(shape[0], shape[1] // 2, *shape[2:], device=device)
+        got = K.gelu_gate_backward_op(g, x)
+        a, b = x.double().chunk(2, dim=1)
+        want = torch.cat(K.gelu_mul_backward_reference(g.double(), a, b), dim=1)
+        assert got.shape == x.shape and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+    def test_gate_op_layouts(self, device):
+        # Per-batch contiguous slabs at a larger batch stride are read in place; channels-last
+        # and W-strided inputs are copied by the wrapper. All must agree with the reference.
+        base = torch.randn(3, 12, 9, 10, device=device)
+        for x in (base[:, 2:10], base.to(memory_format=torch.channels_last), base[..., ::2]):
+            a, b = x.chunk(2, dim=1)
+            torch.testing.assert_close(
+                K.gelu_gate_op(x), gelu_mul_reference(a, b), rtol=1e-6, atol=1e-6
+            )
+            g = torch.randn(a.shape, device=device)
+            want = torch.cat(K.gelu_mul_backward_reference(g, a, b), dim=1)
+            torch.testing.assert_close(K.gelu_gate_backward_op(g, x), want, rtol=1e-5, atol=1e-5)
 
     def test_float16(self, device):
         # CUDA: native float16 kernel (float32 math); CPU: float16 runs the reference.
@@ -108,6 +146,48 @@ class TestGeluGate:
         x = torch.randn(2, 4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
         assert torch.autograd.gradgradcheck(gelu_gate, (x,))
 
+    def test_gate_op_channels_last(self, device):
+        # mkldnn convolutions hand the gate channels-last tensors: served in place, and the
+        # outputs keep that layout (so the next convolution needs no copy either).
+        x = (3 * torch.randn(2, 8, 5, 7, device=device)).to(memory_format=torch.channels_last)
+        a, b = x.chunk(2, dim=1)
+        y = K.gelu_gate_op(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, gelu_mul_reference(a, b), rtol=1e-6, atol=1e-6)
+        for g in (torch.randn(a.shape, device=device), torch.randn(a.shape, device=device)):
+            gx = K.gelu_gate_backward_op(g.to(memory_format=torch.channels_last), x)
+            assert gx.is_contiguous(memory_format=torch.channels_last)
+            want = torch.cat(K.gelu_mul_backward_reference(g, a, b), dim=1)
+            torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(K.gelu_gate_backward_op(g, x), want, rtol=1e-5, atol=1e-5)
+        xd = x.double().requires_grad_()
+        assert torch.autograd.gradcheck(K.gelu_gate_op, (xd[:1, :4, :3, :3],))
+        torch.library.opcheck(K.gelu_gate_op, (x.requires_grad_(),))
+        torch.library.opcheck(K.gelu_gate_backward_op, (g.to(memory_format=torch.channels_last), x))
+
+    def test_gate_gradcheck_gradgradcheck(self, device):
+        # Through the whole-tensor op (kernel forward/backward, reference double backward).
+        x = 3 * torch.randn(2, 4, 3, 5, dtype=torch.float64, device=device)
+        x.requires_grad_()
+        assert torch.autograd.gradcheck(K.gelu_gate_op, (x,))
+        assert torch.autograd.gradgradcheck(K.gelu_gate_op, (x,))
+        g = torch.randn(2, 2, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+        assert torch.autograd.gradcheck(K.gelu_gate_backward_op, (g, x))
+        assert torch.autograd.gradgradcheck(K.gelu_gate_backward_op, (g, x))
+
+    def test_gate_autograd_parity(self, device):
+        # First and second derivatives of the op agree with eager autograd of the reference.
+        x0 = 3 * torch.randn(2, 6, 5, 7, dtype=torch.float64, device=device)
+        w = torch.randn(2, 3, 5, 7, dtype=torch.float64, device=device)
+        results = []
+        for fn in (K.gelu_gate_op, lambda t: gelu_mul_reference(*t.chunk(2, dim=1))):
+            x = x0.clone().requires_grad_()
+            (gx,) = torch.autograd.grad((fn(x) * w).sum(), x, create_graph=True)
+            (ggx,) = torch.autograd.grad(gx.square().sum(), x)
+            results.append((gx.detach(), ggx))
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
     def test_gradcheck_backward_op(self, device):
         require_kernels(device)
         g, a, b = (
@@ -122,6 +202,9 @@ class TestGeluGate:
         torch.library.opcheck(K.gelu_mul_op, (a, b))
         g = torch.randn(2, 3, 5, 6, device=device, requires_grad=True)
         torch.library.opcheck(K.gelu_mul_backward_op, (g, a, b))
+        x = torch.randn(2, 6, 5, 6, device=device, requires_grad=True)
+        torch.library.opcheck(K.gelu_gate_op, (x,))
+        torch.library.opcheck(K.gelu_gate_backward_op, (g, x))
 
     def test_export_uses_reference(self, device, monkeypatch):
         def fail(*args):
@@ -130,6 +213,7 @@ class TestGeluGate:
         x = torch.randn(1, 4, 5, 6, device=device)
         with monkeypatch.context() as m:
             m.setattr(K, "gelu_mul_op", fail)
+            m.setattr(K, "gelu_gate_op", fail)
             m.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
             torch.testing.assert_close(gelu_gate(x), F.gelu(x[:, :2]) * x[:, 2:])
         traced = torch.jit.trace(GeluGate(), x, check_trace=False)
@@ -151,3 +235,59 @@ class TestGeluGate:
 
     def test_empty(self, device):
         assert gelu_gate(torch.randn(0, 4, 3, 3, device=device)).shape == (0, 2, 3, 3)
+        x = torch.randn(0, 4, 3, 3, device=device, requires_grad=True)
+        gelu_gate(x).sum().backward()
+        assert x.grad.shape == x.shape
+
+
+def test_cpu_pool_many_small_jobs_and_threads():
+    # The pool must give the same result at any thread count, job after job (a late worker
+    # from a finished job must never run chunks of the next one).
+    mod = _native.native_module()
+    if mod is None:
+        pytest.skip("refusion._C is not built (or REFUSION_DISABLE_NATIVE is set)")
+    x = 3 * torch.randn(2, 8, 128, 160)
+    want = gelu_mul_reference(*x.double().chunk(2, dim=1)).float()
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 4, 2):
+            torch.set_num_threads(threads)
+            for _ in range(20):
+                torch.testing.assert_close(K.gelu_gate_op(x), want, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(old)
+    assert mod.cpu_pool_workers() >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_cpu_pool_survives_fork():
+    # DataLoader workers fork the trainer: the child has none of the parent's pool threads and
+    # must neither hang nor miscompute (it starts a fresh pool).
+    mod = _native.native_module()
+    if mod is None:
+        pytest.skip("refusion._C is not built (or REFUSION_DISABLE_NATIVE is set)")
+    x = torch.randn(2, 8, 128, 160)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = K.gelu_gate_op(x)
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit code only
+            # Only the kernel may use threads here: libgomp (torch's intra-op pool) is not
+            # fork-safe once the parent used it, so torch runs single-threaded in the child.
+            torch.set_num_threads(1)
+            a, b = x.chunk(2, dim=1)
+            ok = True
+            for _ in range(10):
+                y = torch.empty_like(want)
+                inner = y[0].numel()
+                mod.gelu_mul_cpu(
+                    a.data_ptr(), b.data_ptr(), y.data_ptr(), 0, 2, inner, a.stride(0),
+                    b.stride(0), inner, 2,
+                )  # fmt: skip
+                ok = ok and torch.equal(y, want)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(old)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -17,10 +17,11 @@ enum DTypeCode : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2 };
                  std::int64_t xC, std::int64_t xH, std::int64_t yB, std::int64_t yC,            \
                  std::int64_t yH, int nthreads);                                                \
   void gelu_mul_fwd(const void* a, const void* b, void* y, int dtype, std::int64_t B,           \
-                    std::int64_t inner, std::int64_t sa, std::int64_t sb, int nthreads);        \
+                    std::int64_t inner, std::int64_t sa, std::int64_t sb, std::int64_t sy,      \
+                    int nthreads);                                                              \
   void gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, void* gb, int dtype, \
                     std::int64_t B, std::int64_t inner, std::int64_t sg, std::int64_t sa,       \
-                    std::int64_t sb, int nthreads);                                             \
+                    std::int64_t sb, std::int64_t so, int nthreads);                            \
   }
 
 REFUSION_DECLARE_CPU_KERNELS(isa_base)

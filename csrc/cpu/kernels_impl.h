@@ -17,11 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#ifdef REFUSION_WITH_OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu/cpu_kernels.h"
+#include "cpu/parallel.h"
 
 namespace refusion {
 namespace REFUSION_ISA_NS {
@@ -29,8 +26,13 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Below this many output elements the OpenMP fork/join costs more than it saves.
-constexpr i64 kParallelGrain = 1 << 15;
+// Below this many output elements waking a pool worker costs more than it saves.
+constexpr i64 kParallelGrain = 1 << 16;
+// Elements per work item: small enough that a worker preempted mid-item delays the caller only
+// briefly, large enough that claiming an item (one compare-exchange) is noise.
+constexpr i64 kItem = 1 << 14;
+
+inline int threads_for(i64 work, int nthreads) { return work < kParallelGrain ? 1 : nthreads; }
 
 inline i64 clamp_index(i64 i, i64 n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
@@ -77,37 +79,47 @@ inline void horizontal_fwd(const T* __restrict__ s, const T* __restrict__ d, T* 
 }
 
 template <typename T>
+struct SobelFwdArgs {
+  const T* x;
+  T* sx;
+  T* sy;
+  i64 C, H, W, sB, sC, sH;
+};
+
+template <typename T>
+void sobel_fwd_rows(void* ctx, i64 r0, i64 r1) {
+  const SobelFwdArgs<T>& p = *static_cast<const SobelFwdArgs<T>*>(ctx);
+  const i64 C = p.C, H = p.H, W = p.W;
+  T* s = scratch<T>(W + 2);
+  T* d = scratch<T>(W + 2);
+  for (i64 r = r0; r < r1; ++r) {
+    const i64 i = r % H;
+    const i64 q = r / H;
+    const T* plane = p.x + (q / C) * p.sB + (q % C) * p.sC;
+    const T* up = plane + clamp_index(i - 1, H) * p.sH;
+    const T* mid = plane + i * p.sH;
+    const T* dn = plane + clamp_index(i + 1, H) * p.sH;
+    vertical_fwd(up, mid, dn, s + 1, d + 1, W);
+    s[0] = s[1];
+    s[W + 1] = s[W];
+    d[0] = d[1];
+    d[W + 1] = d[W];
+    horizontal_fwd(s + 1, d + 1, p.sx + r * W, p.sy + r * W, W);
+  }
+  std::free(s);
+  std::free(d);
+}
+
+inline i64 rows_per_item(i64 W) { return W >= kItem ? 1 : kItem / W; }
+
+template <typename T>
 void sobel_fwd_impl(const T* x, T* sx, T* sy, i64 B, i64 C, i64 H, i64 W, i64 sB, i64 sC,
                     i64 sH, int nthreads) {
   const i64 rows = B * C * H;
   if (rows == 0 || W == 0) return;
-#ifdef REFUSION_WITH_OPENMP
-#pragma omp parallel num_threads(nthreads) if (rows * W >= kParallelGrain && nthreads > 1)
-#endif
-  {
-    T* s = scratch<T>(W + 2);
-    T* d = scratch<T>(W + 2);
-#ifdef REFUSION_WITH_OPENMP
-#pragma omp for schedule(dynamic, 16)
-#endif
-    for (i64 r = 0; r < rows; ++r) {
-      const i64 i = r % H;
-      const i64 p = r / H;
-      const T* plane = x + (p / C) * sB + (p % C) * sC;
-      const T* up = plane + clamp_index(i - 1, H) * sH;
-      const T* mid = plane + i * sH;
-      const T* dn = plane + clamp_index(i + 1, H) * sH;
-      vertical_fwd(up, mid, dn, s + 1, d + 1, W);
-      s[0] = s[1];
-      s[W + 1] = s[W];
-      d[0] = d[1];
-      d[W + 1] = d[W];
-      horizontal_fwd(s + 1, d + 1, sx + r * W, sy + r * W, W);
-    }
-    std::free(s);
-    std::free(d);
-  }
-  (void)nthreads;
+  SobelFwdArgs<T> args{x, sx, sy, C, H, W, sB, sC, sH};
+  parallel_chunks(rows, rows_per_item(W), threads_for(rows * W, nthreads), &sobel_fwd_rows<T>,
+                  &args);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,52 +144,61 @@ inline void horizontal_bwd(const T* __restrict__ u, const T* __restrict__ v, T* 
 }
 
 template <typename T>
+struct SobelBwdArgs {
+  const T* gx;
+  const T* gy;
+  T* gin;
+  i64 C, H, W, xB, xC, xH, yB, yC, yH;
+};
+
+template <typename T>
+void sobel_bwd_rows(void* ctx, i64 r0, i64 r1) {
+  const SobelBwdArgs<T>& p = *static_cast<const SobelBwdArgs<T>*>(ctx);
+  const i64 C = p.C, H = p.H, W = p.W;
+  const T kSmooth[3] = {T(1), T(2), T(1)};
+  const T kDiff[3] = {T(-1), T(0), T(1)};
+  T* u = scratch<T>(W + 2);
+  T* v = scratch<T>(W + 2);
+  u[0] = u[W + 1] = v[0] = v[W + 1] = T(0);
+  for (i64 r = r0; r < r1; ++r) {
+    const i64 i = r % H;
+    const i64 q = r / H;
+    const T* px = p.gx + (q / C) * p.xB + (q % C) * p.xC;
+    const T* py = p.gy + (q / C) * p.yB + (q % C) * p.yC;
+    // Rows i-1, i, i+1 (missing ones get weight 0 and alias row i to keep one loop shape).
+    i64 src[3];
+    T cs[3], cd[3];
+    for (int k = 0; k < 3; ++k) {
+      const i64 rr = i - 1 + k;
+      const bool ok = rr >= 0 && rr < H;
+      src[k] = ok ? rr : i;
+      cs[k] = ok ? adjoint_weight(kSmooth, i, rr, H) : T(0);
+      cd[k] = ok ? adjoint_weight(kDiff, i, rr, H) : T(0);
+    }
+    const i64 xH = p.xH, yH = p.yH;
+    vertical_bwd(px + src[0] * xH, px + src[1] * xH, px + src[2] * xH, cs[0], cs[1], cs[2],
+                 u + 1, W);
+    vertical_bwd(py + src[0] * yH, py + src[1] * yH, py + src[2] * yH, cd[0], cd[1], cd[2],
+                 v + 1, W);
+    T* o = p.gin + r * W;
+    horizontal_bwd(u + 1, v + 1, o, W);
+    // Fold the taps that landed on the replicated columns -1 and W back onto the edges:
+    // Hd^T puts -u[0] on column -1 and +u[W-1] on column W; Hs^T puts v[0] and v[W-1].
+    o[0] += -u[1] + v[1];
+    o[W - 1] += u[W] + v[W];
+  }
+  std::free(u);
+  std::free(v);
+}
+
+template <typename T>
 void sobel_bwd_impl(const T* gx, const T* gy, T* gin, i64 B, i64 C, i64 H, i64 W, i64 xB,
                     i64 xC, i64 xH, i64 yB, i64 yC, i64 yH, int nthreads) {
   const i64 rows = B * C * H;
   if (rows == 0 || W == 0) return;
-  const T kSmooth[3] = {T(1), T(2), T(1)};
-  const T kDiff[3] = {T(-1), T(0), T(1)};
-#ifdef REFUSION_WITH_OPENMP
-#pragma omp parallel num_threads(nthreads) if (rows * W >= kParallelGrain && nthreads > 1)
-#endif
-  {
-    T* u = scratch<T>(W + 2);
-    T* v = scratch<T>(W + 2);
-    u[0] = u[W + 1] = v[0] = v[W + 1] = T(0);
-#ifdef REFUSION_WITH_OPENMP
-#pragma omp for schedule(dynamic, 16)
-#endif
-    for (i64 r = 0; r < rows; ++r) {
-      const i64 i = r % H;
-      const i64 p = r / H;
-      const T* px = gx + (p / C) * xB + (p % C) * xC;
-      const T* py = gy + (p / C) * yB + (p % C) * yC;
-      // Rows i-1, i, i+1 (missing ones get weight 0 and alias row i to keep one loop shape).
-      i64 src[3];
-      T cs[3], cd[3];
-      for (int k = 0; k < 3; ++k) {
-        const i64 rr = i - 1 + k;
-        const bool ok = rr >= 0 && rr < H;
-        src[k] = ok ? rr : i;
-        cs[k] = ok ? adjoint_weight(kSmooth, i, rr, H) : T(0);
-        cd[k] = ok ? adjoint_weight(kDiff, i, rr, H) : T(0);
-      }
-      vertical_bwd(px + src[0] * xH, px + src[1] * xH, px + src[2] * xH, cs[0], cs[1], cs[2],
-                   u + 1, W);
-      vertical_bwd(py + src[0] * yH, py + src[1] * yH, py + src[2] * yH, cd[0], cd[1], cd[2],
-                   v + 1, W);
-      T* o = gin + r * W;
-      horizontal_bwd(u + 1, v + 1, o, W);
-      // Fold the taps that landed on the replicated columns -1 and W back onto the edges:
-      // Hd^T puts -u[0] on column -1 and +u[W-1] on column W; Hs^T puts v[0] and v[W-1].
-      o[0] += -u[1] + v[1];
-      o[W - 1] += u[W] + v[W];
-    }
-    std::free(u);
-    std::free(v);
-  }
-  (void)nthreads;
+  SobelBwdArgs<T> args{gx, gy, gin, C, H, W, xB, xC, xH, yB, yC, yH};
+  parallel_chunks(rows, rows_per_item(W), threads_for(rows * W, nthreads), &sobel_bwd_rows<T>,
+                  &args);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,44 +278,73 @@ inline void gelu_mul_bwd_row(const T* __restrict__ g, const T* __restrict__ a,
   }
 }
 
-// Per-batch slabs split into chunks so that B = 1 still spreads over the threads.
-constexpr i64 kChunk = 1 << 14;
+// Work items are kItem-element pieces of the per-batch slabs, so that B = 1 still spreads over
+// the threads. Outputs have their own batch stride: the whole-tensor gate backward writes the
+// gradients of both halves into one (B, 2C, H, W) tensor (ga and gb then interleave per batch).
+
+// Short slabs (channels-last gates: one pixel's C channels per "batch" item) are grouped so
+// that a claimed chunk still holds about kItem elements.
+inline i64 items_per_chunk(i64 inner) { return inner >= kItem ? 1 : kItem / inner; }
 
 template <typename T>
-void gelu_mul_impl(const T* a, const T* b, T* y, i64 B, i64 inner, i64 sa, i64 sb,
-                   int nthreads) {
-  const i64 chunks = (inner + kChunk - 1) / kChunk;
-  const i64 total = B * chunks;
-#ifdef REFUSION_WITH_OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) \
-    if (B * inner >= kParallelGrain && nthreads > 1)
-#endif
-  for (i64 t = 0; t < total; ++t) {
-    const i64 n = t / chunks;
-    const i64 lo = (t % chunks) * kChunk;
-    const i64 len = inner - lo < kChunk ? inner - lo : kChunk;
-    gelu_mul_row(a + n * sa + lo, b + n * sb + lo, y + n * inner + lo, len);
+struct GeluMulArgs {
+  const T* a;
+  const T* b;
+  T* y;
+  i64 inner, per_batch, sa, sb, sy;
+};
+
+template <typename T>
+void gelu_mul_items(void* ctx, i64 t0, i64 t1) {
+  const GeluMulArgs<T>& p = *static_cast<const GeluMulArgs<T>*>(ctx);
+  for (i64 t = t0; t < t1; ++t) {
+    const i64 n = t / p.per_batch;
+    const i64 lo = (t % p.per_batch) * kItem;
+    const i64 len = p.inner - lo < kItem ? p.inner - lo : kItem;
+    gelu_mul_row(p.a + n * p.sa + lo, p.b + n * p.sb + lo, p.y + n * p.sy + lo, len);
   }
-  (void)nthreads;
+}
+
+template <typename T>
+void gelu_mul_impl(const T* a, const T* b, T* y, i64 B, i64 inner, i64 sa, i64 sb, i64 sy,
+                   int nthreads) {
+  if (B == 0 || inner == 0) return;
+  const i64 per_batch = (inner + kItem - 1) / kItem;
+  GeluMulArgs<T> args{a, b, y, inner, per_batch, sa, sb, sy};
+  parallel_chunks(B * per_batch, items_per_chunk(inner), threads_for(B * inner, nthreads),
+                  &gelu_mul_items<T>, &args);
+}
+
+template <typename T>
+struct GeluMulBwdArgs {
+  const T* g;
+  const T* a;
+  const T* b;
+  T* ga;
+  T* gb;
+  i64 inner, per_batch, sg, sa, sb, so;
+};
+
+template <typename T>
+void gelu_mul_bwd_items(void* ctx, i64 t0, i64 t1) {
+  const GeluMulBwdArgs<T>& p = *static_cast<const GeluMulBwdArgs<T>*>(ctx);
+  for (i64 t = t0; t < t1; ++t) {
+    const i64 n = t / p.per_batch;
+    const i64 lo = (t % p.per_batch) * kItem;
+    const i64 len = p.inner - lo < kItem ? p.inner - lo : kItem;
+    gelu_mul_bwd_row(p.g + n * p.sg + lo, p.a + n * p.sa + lo, p.b + n * p.sb + lo,
+                     p.ga + n * p.so + lo, p.gb + n * p.so + lo, len);
+  }
 }
 
 template <typename T>
 void gelu_mul_bwd_impl(const T* g, const T* a, const T* b, T* ga, T* gb, i64 B, i64 inner,
-                       i64 sg, i64 sa, i64 sb, int nthreads) {
-  const i64 chunks = (inner + kChunk - 1) / kChunk;
-  const i64 total = B * chunks;
-#ifdef REFUSION_WITH_OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) \
-    if (B * inner >= kParallelGrain && nthreads > 1)
-#endif
-  for (i64 t = 0; t < total; ++t) {
-    const i64 n = t / chunks;
-    const i64 lo = (t % chunks) * kChunk;
-    const i64 len = inner - lo < kChunk ? inner - lo : kChunk;
-    gelu_mul_bwd_row(g + n * sg + lo, a + n * sa + lo, b + n * sb + lo, ga + n * inner + lo,
-                     gb + n * inner + lo, len);
-  }
-  (void)nthreads;
+                       i64 sg, i64 sa, i64 sb, i64 so, int nthreads) {
+  if (B == 0 || inner == 0) return;
+  const i64 per_batch = (inner + kItem - 1) / kItem;
+  GeluMulBwdArgs<T> args{g, a, b, ga, gb, inner, per_batch, sg, sa, sb, so};
+  parallel_chunks(B * per_batch, items_per_chunk(inner), threads_for(B * inner, nthreads),
+                  &gelu_mul_bwd_items<T>, &args);
 }
 
 }  // namespace
@@ -302,6 +352,9 @@ void gelu_mul_bwd_impl(const T* g, const T* a, const T* b, T* ga, T* gb, i64 B, 
 // Type-erased entry points (declared in cpu_kernels.h); dtype 0 = float32, 1 = float64.
 void sobel_fwd(const void* x, void* sx, void* sy, int dtype, i64 B, i64 C, i64 H, i64 W, i64 sB,
                i64 sC, i64 sH, int nthreads) {
+  const i64 bytes = B * C * H * W * (dtype == kFloat64 ? 8 : 4);
+  advise_huge_pages(sx, bytes);
+  advise_huge_pages(sy, bytes);
   if (dtype == kFloat64) {
     sobel_fwd_impl(static_cast<const double*>(x), static_cast<double*>(sx),
                    static_cast<double*>(sy), B, C, H, W, sB, sC, sH, nthreads);
@@ -313,6 +366,7 @@ void sobel_fwd(const void* x, void* sx, void* sy, int dtype, i64 B, i64 C, i64 H
 
 void sobel_bwd(const void* gx, const void* gy, void* gin, int dtype, i64 B, i64 C, i64 H, i64 W,
                i64 xB, i64 xC, i64 xH, i64 yB, i64 yC, i64 yH, int nthreads) {
+  advise_huge_pages(gin, B * C * H * W * (dtype == kFloat64 ? 8 : 4));
   if (dtype == kFloat64) {
     sobel_bwd_impl(static_cast<const double*>(gx), static_cast<const double*>(gy),
                    static_cast<double*>(gin), B, C, H, W, xB, xC, xH, yB, yC, yH, nthreads);
@@ -323,26 +377,34 @@ void sobel_bwd(const void* gx, const void* gy, void* gin, int dtype, i64 B, i64 
 }
 
 void gelu_mul_fwd(const void* a, const void* b, void* y, int dtype, i64 B, i64 inner, i64 sa,
-                  i64 sb, int nthreads) {
+                  i64 sb, i64 sy, int nthreads) {
+  if (B > 0) advise_huge_pages(y, ((B - 1) * sy + inner) * (dtype == kFloat64 ? 8 : 4));
   if (dtype == kFloat64) {
     gelu_mul_impl(static_cast<const double*>(a), static_cast<const double*>(b),
-                  static_cast<double*>(y), B, inner, sa, sb, nthreads);
+                  static_cast<double*>(y), B, inner, sa, sb, sy, nthreads);
   } else {
     gelu_mul_impl(static_cast<const float*>(a), static_cast<const float*>(b),
-                  static_cast<float*>(y), B, inner, sa, sb, nthreads);
+                  static_cast<float*>(y), B, inner, sa, sb, sy, nthreads);
   }
 }
 
 void gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, void* gb, int dtype,
-                  i64 B, i64 inner, i64 sg, i64 sa, i64 sb, int nthreads) {
+                  i64 B, i64 inner, i64 sg, i64 sa, i64 sb, i64 so, int nthreads) {
+  if (B > 0) {
+    const i64 esize = dtype == kFloat64 ? 8 : 4;
+    // The whole-tensor backward passes gb = ga + inner: advise the union once.
+    const bool joint = static_cast<const char*>(gb) == static_cast<const char*>(ga) + inner * esize;
+    advise_huge_pages(ga, ((B - 1) * so + (joint ? 2 * inner : inner)) * esize);
+    if (!joint) advise_huge_pages(gb, ((B - 1) * so + inner) * esize);
+  }
   if (dtype == kFloat64) {
     gelu_mul_bwd_impl(static_cast<const double*>(g), static_cast<const double*>(a),
                       static_cast<const double*>(b), static_cast<double*>(ga),
-                      static_cast<double*>(gb), B, inner, sg, sa, sb, nthreads);
+                      static_cast<double*>(gb), B, inner, sg, sa, sb, so, nthreads);
   } else {
     gelu_mul_bwd_impl(static_cast<const float*>(g), static_cast<const float*>(a),
                       static_cast<const float*>(b), static_cast<float*>(ga),
-                      static_cast<float*>(gb), B, inner, sg, sa, sb, nthreads);
+                      static_cast<float*>(gb), B, inner, sg, sa, sb, so, nthreads);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/parallel.h"
 #include "refusion_ops.h"
 
 namespace py = pybind11;
@@ -104,29 +105,36 @@ void register_cpu_ops(py::module_& m) {
   m.def(
       "gelu_mul_cpu",
       [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t y, int dtype, i64 B, i64 inner,
-         i64 sa, i64 sb, int nthreads) {
+         i64 sa, i64 sb, i64 sy, int nthreads) {
         check_dtype(dtype);
         check_nonneg(B | inner, "size");
-        kernels().gelu_mul_fwd(cptr(a), cptr(b), mptr(y), dtype, B, inner, sa, sb, nthreads);
+        kernels().gelu_mul_fwd(cptr(a), cptr(b), mptr(y), dtype, B, inner, sa, sb, sy,
+                               nthreads);
       },
       py::arg("a"), py::arg("b"), py::arg("y"), py::arg("dtype"), py::arg("B"),
-      py::arg("inner"), py::arg("sa"), py::arg("sb"), py::arg("nthreads"),
+      py::arg("inner"), py::arg("sa"), py::arg("sb"), py::arg("sy"), py::arg("nthreads"),
       py::call_guard<py::gil_scoped_release>(),
-      "y = GELU(a) * b over B per-batch contiguous slabs of `inner` elements.");
+      "y = GELU(a) * b over B per-batch contiguous slabs of `inner` elements; sa, sb, sy are "
+      "the batch strides of a, b, y.");
 
   m.def(
       "gelu_mul_backward_cpu",
       [](std::uintptr_t g, std::uintptr_t a, std::uintptr_t b, std::uintptr_t ga,
-         std::uintptr_t gb, int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb, int nthreads) {
+         std::uintptr_t gb, int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb, i64 so,
+         int nthreads) {
         check_dtype(dtype);
         check_nonneg(B | inner, "size");
         kernels().gelu_mul_bwd(cptr(g), cptr(a), cptr(b), mptr(ga), mptr(gb), dtype, B, inner,
-                               sg, sa, sb, nthreads);
+                               sg, sa, sb, so, nthreads);
       },
       py::arg("g"), py::arg("a"), py::arg("b"), py::arg("ga"), py::arg("gb"), py::arg("dtype"),
       py::arg("B"), py::arg("inner"), py::arg("sg"), py::arg("sa"), py::arg("sb"),
-      py::arg("nthreads"), py::call_guard<py::gil_scoped_release>(),
-      "ga = g * b * GELU'(a), gb = g * GELU(a); contiguous outputs.");
+      py::arg("so"), py::arg("nthreads"), py::call_guard<py::gil_scoped_release>(),
+      "ga = g * b * GELU'(a), gb = g * GELU(a); ga and gb share the output batch stride so "
+      "(inner for two tensors, 2 * inner for the halves of one (B, 2C, H, W) gradient).");
+
+  m.def("cpu_pool_workers", &pool_workers,
+        "Worker threads the CPU kernels' pool has started (the calling thread is not counted).");
 }
 
 }  // namespace refusion

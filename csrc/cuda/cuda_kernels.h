@@ -2,7 +2,8 @@
 // strides (in elements), a dtype code (0 float32, 1 float64, 2 float16), the device index and
 // the caller's stream (a cudaStream_t passed as an integer) cross this boundary, so the binding
 // code needs neither CUDA headers nor nvcc, and nvcc never sees pybind11.
-// Each launcher returns nullptr on success or the CUDA error message.
+// Each launcher returns nullptr on success or the CUDA error message. The gate's outputs have
+// their own batch stride (sy, so), as in the CPU kernels (csrc/cpu/kernels_impl.h).
 #pragma once
 #include <cstdint>
 
@@ -19,12 +20,13 @@ const char* sobel_bwd(const void* gx, const void* gy, void* gin, int dtype, std:
                       std::int64_t yH, std::uintptr_t stream, int device);
 
 const char* gelu_mul_fwd(const void* a, const void* b, void* y, int dtype, std::int64_t B,
-                         std::int64_t inner, std::int64_t sa, std::int64_t sb,
+                         std::int64_t inner, std::int64_t sa, std::int64_t sb, std::int64_t sy,
                          std::uintptr_t stream, int device);
 
 const char* gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, void* gb,
                          int dtype, std::int64_t B, std::int64_t inner, std::int64_t sg,
-                         std::int64_t sa, std::int64_t sb, std::uintptr_t stream, int device);
+                         std::int64_t sa, std::int64_t sb, std::int64_t so, std::uintptr_t stream,
+                         int device);
 
 }  // namespace cuda
 }  // namespace refusion

@@ -106,13 +106,14 @@ __device__ __forceinline__ double pdf(double x) { return 0.3989422804014327 * ex
 
 template <typename T>
 __global__ void gelu_mul_kernel(const T* __restrict__ a, const T* __restrict__ b,
-                                T* __restrict__ y, i64 inner, i64 sa, i64 sb, i64 total) {
+                                T* __restrict__ y, i64 inner, i64 sa, i64 sb, i64 sy,
+                                i64 total) {
   using A = typename Acc<T>::type;
   for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total;
        idx += (i64)gridDim.x * blockDim.x) {
     const i64 n = idx / inner, k = idx % inner;
     const A x = load(a + n * sa + k);
-    store(y + idx, x * cdf(x) * load(b + n * sb + k));
+    store(y + n * sy + k, x * cdf(x) * load(b + n * sb + k));
   }
 }
 
@@ -120,7 +121,7 @@ template <typename T>
 __global__ void gelu_mul_bwd_kernel(const T* __restrict__ g, const T* __restrict__ a,
                                     const T* __restrict__ b, T* __restrict__ ga,
                                     T* __restrict__ gb, i64 inner, i64 sg, i64 sa, i64 sb,
-                                    i64 total) {
+                                    i64 so, i64 total) {
   using A = typename Acc<T>::type;
   for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total;
        idx += (i64)gridDim.x * blockDim.x) {
@@ -128,8 +129,9 @@ __global__ void gelu_mul_bwd_kernel(const T* __restrict__ g, const T* __restrict
     const A x = load(a + n * sa + k);
     const A gv = load(g + n * sg + k);
     const A c = cdf(x);
-    store(ga + idx, gv * load(b + n * sb + k) * (c + x * pdf(x)));
-    store(gb + idx, gv * x * c);
+    // so = 2 * inner when ga/gb are the two halves of one (B, 2C, H, W) gradient.
+    store(ga + n * so + k, gv * load(b + n * sb + k) * (c + x * pdf(x)));
+    store(gb + n * so + k, gv * x * c);
   }
 }
 
@@ -197,21 +199,21 @@ template <typename T> struct SobelBwd {
 
 template <typename T> struct GeluMulFwd {
   static void run(const void* a, const void* b, void* y, i64 B, i64 inner, i64 sa, i64 sb,
-                  cudaStream_t s) {
+                  i64 sy, cudaStream_t s) {
     const i64 total = B * inner;
     gelu_mul_kernel<T><<<grid_for(total), kThreads, 0, s>>>(
         static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(y), inner, sa, sb,
-        total);
+        sy, total);
   }
 };
 
 template <typename T> struct GeluMulBwd {
   static void run(const void* g, const void* a, const void* b, void* ga, void* gb, i64 B,
-                  i64 inner, i64 sg, i64 sa, i64 sb, cudaStream_t s) {
+                  i64 inner, i64 sg, i64 sa, i64 sb, i64 so, cudaStream_t s) {
     const i64 total = B * inner;
     gelu_mul_bwd_kernel<T><<<grid_for(total), kThreads, 0, s>>>(
         static_cast<const T*>(g), static_cast<const T*>(a), static_cast<const T*>(b),
-        static_cast<T*>(ga), static_cast<T*>(gb), inner, sg, sa, sb, total);
+        static_cast<T*>(ga), static_cast<T*>(gb), inner, sg, sa, sb, so, total);
   }
 };
 
@@ -236,18 +238,19 @@ const char* sobel_bwd(const void* gx, const void* gy, void* gin, int dtype, i64 
 }
 
 const char* gelu_mul_fwd(const void* a, const void* b, void* y, int dtype, i64 B, i64 inner,
-                         i64 sa, i64 sb, std::uintptr_t stream, int device) {
+                         i64 sa, i64 sb, i64 sy, std::uintptr_t stream, int device) {
   if (B * inner == 0) return nullptr;
   DeviceGuard guard(device);
-  return dispatch<GeluMulFwd>(dtype, a, b, y, B, inner, sa, sb, as_stream(stream));
+  return dispatch<GeluMulFwd>(dtype, a, b, y, B, inner, sa, sb, sy, as_stream(stream));
 }
 
 const char* gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, void* gb,
-                         int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb,
+                         int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb, i64 so,
                          std::uintptr_t stream, int device) {
   if (B * inner == 0) return nullptr;
   DeviceGuard guard(device);
-  return dispatch<GeluMulBwd>(dtype, g, a, b, ga, gb, B, inner, sg, sa, sb, as_stream(stream));
+  return dispatch<GeluMulBwd>(dtype, g, a, b, ga, gb, B, inner, sg, sa, sb, so,
+                              as_stream(stream));
 }
 
 }  // namespace cuda

@@ -54,9 +54,9 @@ void register_cuda_ops(py::module_& m) {
   m.def(
       "gelu_mul_cuda",
       [](std::uintptr_t a, std::uintptr_t b, std::uintptr_t y, int dtype, i64 B, i64 inner,
-         i64 sa, i64 sb, std::uintptr_t stream, int device) {
-        raise_if(cuda::gelu_mul_fwd(cptr(a), cptr(b), mptr(y), dtype, B, inner, sa, sb, stream,
-                                    device),
+         i64 sa, i64 sb, i64 sy, std::uintptr_t stream, int device) {
+        raise_if(cuda::gelu_mul_fwd(cptr(a), cptr(b), mptr(y), dtype, B, inner, sa, sb, sy,
+                                    stream, device),
                  "gelu_mul");
       },
       py::call_guard<py::gil_scoped_release>(), "y = GELU(a) * b on `stream`.");
@@ -64,10 +64,10 @@ void register_cuda_ops(py::module_& m) {
   m.def(
       "gelu_mul_backward_cuda",
       [](std::uintptr_t g, std::uintptr_t a, std::uintptr_t b, std::uintptr_t ga,
-         std::uintptr_t gb, int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb,
+         std::uintptr_t gb, int dtype, i64 B, i64 inner, i64 sg, i64 sa, i64 sb, i64 so,
          std::uintptr_t stream, int device) {
         raise_if(cuda::gelu_mul_bwd(cptr(g), cptr(a), cptr(b), mptr(ga), mptr(gb), dtype, B,
-                                    inner, sg, sa, sb, stream, device),
+                                    inner, sg, sa, sb, so, stream, device),
                  "gelu_mul_backward");
       },
       py::call_guard<py::gil_scoped_release>(), "Fused gate gradients on `stream`.");

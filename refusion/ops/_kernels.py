@@ -7,7 +7,12 @@ Four custom ops are registered in the ``refusion`` namespace:
   ``sobel_xy`` (Sobel is linear), so any order of derivative flows through the kernels;
 * ``refusion::gelu_mul(a, b) -> y``; its autograd is ``gelu_mul_backward``;
 * ``refusion::gelu_mul_backward(g, a, b) -> (ga, gb)``, a fused kernel whose own autograd is
-  written with reference torch ops (so ``gelu_mul`` is twice differentiable and beyond).
+  written with reference torch ops (so ``gelu_mul`` is twice differentiable and beyond);
+* ``refusion::gelu_gate(x) -> y``, the gate on the whole (B, 2C, H, W) tensor; its autograd is
+  ``gelu_gate_backward``;
+* ``refusion::gelu_gate_backward(g, x) -> gx``, which writes the gradients of both halves
+  straight into one (B, 2C, H, W) tensor (no ``cat`` of two half-size gradients); its own
+  autograd uses reference torch ops, like ``gelu_mul_backward``.
 
 The ops are registered whether or not ``refusion._C`` is built (their implementations fall back
 to the references), so ``torch.library.opcheck`` and ``torch.compile`` see the same schema
@@ -204,6 +209,7 @@ def gelu_mul_op(a: Tensor, b: Tensor) -> Tensor:
             inner,
             a.stride(0),
             b.stride(0),
+            inner,
         )
     return y
 
@@ -239,6 +245,7 @@ def gelu_mul_backward_op(g: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tenso
             g.stride(0),
             a.stride(0),
             b.stride(0),
+            inner,
         )
     return ga, gb
 
@@ -263,9 +270,14 @@ def _gelu_mul_backward_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _gelu_mul_backward_bwd(ctx, gga: Tensor | None, ggb: Tensor | None):
-    # Written with differentiable torch ops, so third and higher derivatives also work.
-    g, a, b = ctx.saved_tensors
+def _gelu_mul_double_backward(
+    g: Tensor, a: Tensor, b: Tensor, gga: Tensor | None, ggb: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``(ga, gb) = gelu_mul_backward(g, a, b)`` w.r.t. ``(g, a, b)``.
+
+    Written with differentiable torch ops, so third and higher derivatives also work. All
+    tensors are (B, C, H, W); ``gga``/``ggb`` are the incoming gradients of ``ga``/``gb``.
+    """
     cdf, pdf = _gelu_parts(a)
     dgelu = cdf + a * pdf  # GELU'(a)
     d2gelu = pdf * (2.0 - a * a)  # GELU''(a)
@@ -282,9 +294,165 @@ def _gelu_mul_backward_bwd(ctx, gga: Tensor | None, ggb: Tensor | None):
     return grad_g, grad_a, grad_b
 
 
+def _gelu_mul_backward_bwd(ctx, gga: Tensor | None, ggb: Tensor | None):
+    g, a, b = ctx.saved_tensors
+    return _gelu_mul_double_backward(g, a, b, gga, ggb)
+
+
 gelu_mul_op.register_autograd(_gelu_mul_bwd, setup_context=_gelu_mul_setup)
 gelu_mul_backward_op.register_autograd(
     _gelu_mul_backward_bwd, setup_context=_gelu_mul_backward_setup
+)
+
+
+# --------------------------------------------------------------------------------------------
+# GELU gate on the whole (B, 2C, H, W) tensor
+
+
+def _check_gate(x: Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] % 2:
+        raise ValueError(f"expected (B, 2C, H, W) with an even channel count, got {tuple(x.shape)}")
+
+
+def _gate_shape(x: Tensor) -> tuple[int, int, int, int]:
+    return (x.shape[0], x.shape[1] // 2, x.shape[2], x.shape[3])
+
+
+def _gate_format(x: Tensor) -> torch.memory_format:
+    """Layout the gate ops keep: channels-last inputs (mkldnn convolutions produce them) are
+    served in place, with channels-last outputs; anything else is made NCHW-contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _gate_geometry(x: Tensor) -> tuple[int, int, int, int]:
+    """``(items, inner, in_stride, out_stride)`` of the kernel's slab loop for the gate input.
+
+    NCHW: one (2C, H, W) slab per batch item, halves ``inner = C*H*W`` apart. Channels-last:
+    one slab of 2C channels per pixel, halves ``C`` apart.
+    """
+    b, c2, h, w = x.shape
+    if _gate_format(x) == torch.channels_last:
+        return b * h * w, c2 // 2, c2, c2 // 2
+    return b, (c2 // 2) * h * w, x.stride(0), (c2 // 2) * h * w
+
+
+@torch.library.custom_op("refusion::gelu_gate", mutates_args=())
+def gelu_gate_op(x: Tensor) -> Tensor:
+    """``GELU(x[:, :C]) * x[:, C:]`` for ``x`` (B, 2C, H, W) -> (B, C, H, W).
+
+    The output is channels-last when ``x`` is, NCHW-contiguous otherwise.
+    """
+    _check_gate(x)
+    fmt = _gate_format(x)
+    if not _kernel_supports(x):
+        a, b = x.chunk(2, dim=1)
+        return gelu_mul_reference(a, b).contiguous(memory_format=fmt)
+    if fmt == torch.contiguous_format:
+        x = _batch_slabs(x)
+    y = torch.empty(_gate_shape(x), dtype=x.dtype, device=x.device, memory_format=fmt)
+    if y.numel():
+        items, inner, sx, sy = _gate_geometry(x)
+        _launch(
+            "gelu_mul_cpu",
+            "gelu_mul_cuda",
+            x,
+            x.data_ptr(),
+            x.data_ptr() + inner * x.element_size(),
+            y.data_ptr(),
+            _DTYPE_CODE[x.dtype],
+            items,
+            inner,
+            sx,
+            sx,
+            sy,
+        )
+    return y
+
+
+@gelu_gate_op.register_fake
+def _(x: Tensor) -> Tensor:
+    _check_gate(x)
+    return torch.empty(
+        _gate_shape(x), dtype=x.dtype, device=x.device, memory_format=_gate_format(x)
+    )
+
+
+@torch.library.custom_op("refusion::gelu_gate_backward", mutates_args=())
+def gelu_gate_backward_op(g: Tensor, x: Tensor) -> Tensor:
+    """Gradient (B, 2C, H, W) of ``gelu_gate`` at ``x`` (B, 2C, H, W) for ``g`` (B, C, H, W).
+
+    Both halves' gradients are written by one kernel pass into one tensor, in ``x``'s layout
+    (channels-last or NCHW-contiguous, as the forward).
+    """
+    _check_gate(x)
+    fmt = _gate_format(x)
+    if not _kernel_supports(g, x):
+        a, b = x.chunk(2, dim=1)
+        gx = torch.cat(gelu_mul_backward_reference(g, a, b), dim=1)
+        return gx.contiguous(memory_format=fmt)
+    if fmt == torch.contiguous_format:
+        g, x = _batch_slabs(g), _batch_slabs(x)
+    else:
+        g = g.contiguous(memory_format=fmt)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    if g.numel():
+        items, inner, sx, sg = _gate_geometry(x)
+        if fmt == torch.contiguous_format:
+            sg = g.stride(0)
+        half = inner * x.element_size()
+        _launch(
+            "gelu_mul_backward_cpu",
+            "gelu_mul_backward_cuda",
+            x,
+            g.data_ptr(),
+            x.data_ptr(),
+            x.data_ptr() + half,
+            gx.data_ptr(),
+            gx.data_ptr() + half,
+            _DTYPE_CODE[x.dtype],
+            items,
+            inner,
+            sg,
+            sx,
+            sx,
+            2 * inner,
+        )
+    return gx
+
+
+@gelu_gate_backward_op.register_fake
+def _(g: Tensor, x: Tensor) -> Tensor:
+    _check_gate(x)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_gate_format(x))
+
+
+def _gelu_gate_setup(ctx, inputs, output) -> None:
+    (x,) = inputs
+    ctx.save_for_backward(x)
+
+
+def _gelu_gate_bwd(ctx, g: Tensor) -> Tensor:
+    (x,) = ctx.saved_tensors
+    return gelu_gate_backward_op(g, x)
+
+
+def _gelu_gate_backward_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _gelu_gate_backward_bwd(ctx, ggx: Tensor) -> tuple[Tensor, Tensor]:
+    g, x = ctx.saved_tensors
+    a, b = x.chunk(2, dim=1)
+    gga, ggb = ggx.chunk(2, dim=1)
+    grad_g, grad_a, grad_b = _gelu_mul_double_backward(g, a, b, gga, ggb)
+    return grad_g, torch.cat((grad_a, grad_b), dim=1)
+
+
+gelu_gate_op.register_autograd(_gelu_gate_bwd, setup_context=_gelu_gate_setup)
+gelu_gate_backward_op.register_autograd(
+    _gelu_gate_backward_bwd, setup_context=_gelu_gate_backward_setup
 )
 
 
@@ -315,7 +483,21 @@ def gelu_mul(a: Tensor, b: Tensor) -> Tensor:
     return gelu_mul_reference(a, b)
 
 
+def gelu_gate(x: Tensor) -> Tensor:
+    """``GELU(x[:, :C]) * x[:, C:]`` (B, 2C, H, W) -> (B, C, H, W), fastest implementation."""
+    _check_gate(x)
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
+    if _routable(x):
+        return gelu_gate_op(x)
+    a, b = x.chunk(2, dim=1)
+    return gelu_mul_reference(a, b)
+
+
 __all__ = [
+    "gelu_gate",
+    "gelu_gate_backward_op",
+    "gelu_gate_op",
     "gelu_mul",
     "gelu_mul_backward_op",
     "gelu_mul_backward_reference",
