@@ -1,0 +1,112 @@
+"""``refusion-export CKPT -o model.onnx [--fp16] [--engine model.plan]``: deploy the fusion module.
+
+Argument handling only; the work is in :mod:`refusion.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from refusion.cli._common import cli_entry
+from refusion.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="refusion-export",
+        description="Export the fusion module of a checkpoint (ours or the authors' .pth) to ONNX "
+        "(FP32, or FP16 with FP32 islands) and optionally build a TensorRT FP16 engine. Input "
+        "'sources' float32 (N, 2, H, W), channel 0 = source a; output 'fused' (N, 1, H, W) in "
+        "[0, 1]; N, H and W are dynamic. Every output is checked before it is written.",
+    )
+    p.add_argument("checkpoint", help="our .safetensors checkpoint or the authors' .pth")
+    p.add_argument("-o", "--output", required=True, help="destination .onnx file")
+    p.add_argument("--fp16", action="store_true", help="write the FP16 graph (FP32 islands)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument("--engine", metavar="PLAN", help="also build a TensorRT engine into PLAN")
+    p.add_argument("--min", metavar="HxW", help="smallest input size of the engine (32x32)")
+    p.add_argument("--opt", metavar="HxW", help="size the engine is tuned for (1080x1920)")
+    p.add_argument("--max", metavar="HxW", help="largest input size of the engine (2160x3840)")
+    p.add_argument("--batch", type=int, default=1, help="largest batch of the engine (default 1)")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit")
+    p.add_argument(
+        "--timing-cache",
+        metavar="FILE",
+        help="TensorRT timing cache, reused across builds (default: tensorrt.timing.cache "
+        "next to the plan)",
+    )
+    p.add_argument(
+        "--check-size",
+        metavar="HxW",
+        default="1080x1920",
+        help="input size of the FP16 accuracy check (default 1080x1920)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip the accuracy checks")
+    p.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    return p
+
+
+def _setup_logging(quiet: bool) -> None:
+    log = logging.getLogger("refusion.export")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("refusion-export: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from refusion.export.tensorrt_build import import_tensorrt, make_profile, parse_hw
+
+    # Everything that can be wrong with the options fails before minutes of work.
+    if args.opset < 17:
+        raise UserError(f"--opset must be 17 or newer (LayerNormalization), got {args.opset}")
+    check_hw = parse_hw(args.check_size, "--check-size")
+    if Path(args.output).suffix.lower() != ".onnx":
+        raise UserError(f"-o/--output must end in .onnx, got {args.output}")
+    profile = None
+    if args.engine:
+        sizes = [parse_hw(v, f"--{k}") if v else None for k, v in
+                 (("min", args.min), ("opt", args.opt), ("max", args.max))]
+        profile = make_profile(*sizes, batch=args.batch)
+        import_tensorrt()  # one line naming the extra when it is missing
+    elif args.min or args.opt or args.max or args.batch != 1:
+        raise UserError("--min/--opt/--max/--batch shape the TensorRT engine: add --engine PLAN")
+    _setup_logging(args.quiet)
+
+    from refusion.export import build_engine, export_onnx
+
+    onnx_path = export_onnx(
+        args.checkpoint,
+        args.output,
+        fp16=args.fp16,
+        opset=args.opset,
+        check=not args.no_check,
+        fp16_check_shape=(1, 2, *check_hw),
+    )
+    print(f"wrote {onnx_path}", file=sys.stderr)
+    if args.engine:
+        plan = Path(args.engine)
+        cache = Path(args.timing_cache or plan.parent / "tensorrt.timing.cache")
+        build_engine(
+            onnx_path,
+            plan,
+            min_shape=profile.min,
+            opt_shape=profile.opt,
+            max_shape=profile.max,
+            workspace_gb=args.workspace_gb,
+            timing_cache=cache,
+            check=not args.no_check,
+        )
+        print(f"wrote {plan} and {plan.name}.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

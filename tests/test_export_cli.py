@@ -1,0 +1,85 @@
+"""`refusion-export` end to end on a small checkpoint, and its one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+from refusion.export import read_onnx_metadata
+
+from refusion.checkpoint import save_checkpoint
+from refusion.cli.export import main
+from refusion.models import FusionConfig, FusionNet
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    net = FusionNet(FusionConfig(dim=8, blocks=1, heads=2))
+    return save_checkpoint(tmp_path / "tiny.safetensors", {"fusion": net}, task="mfif")
+
+
+def test_export_fp32_and_fp16(ckpt, tmp_path, capsys):
+    out = tmp_path / "out" / "model.onnx"
+    assert main([str(ckpt), "-o", str(out)]) == 0
+    meta = read_onnx_metadata(out)
+    assert meta["task"] == "mfif" and meta["precision"] == "fp32"
+    err = capsys.readouterr().err
+    assert "ORT fp32 vs PyTorch" in err and f"wrote {out}" in err  # progress lines
+    out16 = tmp_path / "model16.onnx"
+    assert main([str(ckpt), "-o", str(out16), "--fp16", "--check-size", "40x56", "-q"]) == 0
+    assert read_onnx_metadata(out16)["precision"] == "fp16"
+    assert "ORT" not in capsys.readouterr().err  # --quiet
+
+
+def _error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_one_line_errors(ckpt, tmp_path, capsys):
+    o = ["-o", str(tmp_path / "m.onnx")]
+    err = _error([str(tmp_path / "nope.pth"), *o], capsys)
+    assert err.startswith("refusion-export: error: checkpoint not found")
+    engine = ["--engine", str(tmp_path / "m.plan")]
+    assert "--min must be HEIGHTxWIDTH" in _error([str(ckpt), *o, *engine, "--min", "64"], capsys)
+    err = _error([str(ckpt), *o, *engine, "--min", "720x720", "--opt", "480x640"], capsys)
+    assert "height must satisfy min <= opt <= max" in err
+    assert "--batch" in _error([str(ckpt), *o, *engine, "--batch", "0"], capsys)
+    assert "add --engine" in _error([str(ckpt), *o, "--max", "1080x1920"], capsys)
+    assert ".onnx" in _error([str(ckpt), "-o", str(tmp_path / "m.plan")], capsys)
+    assert "--opset" in _error([str(ckpt), *o, "--opset", "13"], capsys)
+    assert "--check-size" in _error([str(ckpt), *o, "--check-size", "big"], capsys)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert "refusion-export: error:" in _error([str(bad), *o], capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
+def test_engine_without_tensorrt_says_what_to_install(ckpt, tmp_path, capsys):
+    err = _error([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--engine",
+                  str(tmp_path / "m.plan")], capsys)
+    assert err == ("refusion-export: error: TensorRT is not installed; install it with: "
+                   "pip install refusion[tensorrt]")
+    assert not (tmp_path / "m.onnx").exists()  # failed before any work
+
+
+def test_console_entry_in_a_subprocess(tmp_path):
+    code = "import sys; from refusion.cli.export import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "missing.safetensors"), "-o",
+         str(tmp_path / "m.onnx")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"refusion-export: error: checkpoint not found: {tmp_path / 'missing.safetensors'}"
+    ]
