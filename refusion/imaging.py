@@ -8,6 +8,11 @@ from neutral (``|C - 0.5|``). A three-channel image whose channels are equal cou
 
 Output scaling: ``fixed`` maps the network's [0, 1] to [0, 255] (stable across video frames);
 ``minmax`` stretches each image's own min..max to 0..255, as the authors' test script does.
+
+16-bit inputs (radiometric thermal cameras use a few thousand of the 65536 levels) are mapped to
+0..255 by robust percentiles (0.5 % and 99.5 % by default, then clipped), never by truncating
+to the low byte; for video a :class:`RangeTracker` smooths the percentile bounds over time so
+that the brightness does not pump from frame to frame.
 """
 
 from __future__ import annotations
@@ -83,6 +88,69 @@ def fuse_chroma(crcb_a: np.ndarray, crcb_b: np.ndarray) -> np.ndarray:
     return (crcb_a * wa + crcb_b * wb) / (wa + wb + 1e-4)
 
 
+def robust_bounds(
+    img: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5
+) -> tuple[float, float]:
+    """Percentile bounds ``(lo, hi)`` of an image's values (all channels together).
+
+    Large images are subsampled 2x2 for speed (percentiles barely move).
+    """
+    sample = img[::2, ::2] if img.shape[0] * img.shape[1] > 250_000 else img
+    lo, hi = np.percentile(sample, (lo_pct, hi_pct))
+    return float(lo), float(hi)
+
+
+def map_range(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(img - lo) / (hi - lo)`` clipped to [0, 1], as float32 on the 0..255 scale."""
+    span = max(hi - lo, 1e-6)
+    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / span)
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+class RangeTracker:
+    """Robust 16-bit -> 0..255 mapping with exponentially smoothed bounds (for video).
+
+    Args:
+        lo_pct, hi_pct: percentiles that map to 0 and 255.
+        smoothing: weight of the previous bounds in ``bounds = s * old + (1 - s) * new``
+            (0 = every frame on its own; 0.9 follows a scene change within about 20 frames).
+
+    Example:
+        >>> t = RangeTracker()
+        >>> y = t(np.full((4, 4), 3000, np.uint16))  # float32 (4, 4) on 0..255
+    """
+
+    def __init__(self, lo_pct: float = 0.5, hi_pct: float = 99.5, smoothing: float = 0.9) -> None:
+        if not 0 <= lo_pct < hi_pct <= 100:
+            raise UserError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {lo_pct}, {hi_pct}")
+        self.lo_pct, self.hi_pct, self.smoothing = lo_pct, hi_pct, smoothing
+        self.bounds: tuple[float, float] | None = None
+
+    def update(self, img: np.ndarray) -> tuple[float, float]:
+        """Fold this frame's percentiles into the running bounds and return them."""
+        lo, hi = robust_bounds(img, self.lo_pct, self.hi_pct)
+        if self.bounds is not None:
+            s = self.smoothing
+            lo = s * self.bounds[0] + (1 - s) * lo
+            hi = s * self.bounds[1] + (1 - s) * hi
+        self.bounds = (lo, hi)
+        return self.bounds
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        """Map one frame to float32 0..255 with the updated bounds."""
+        return map_range(img, *self.update(img))
+
+
+def to_display255(img: np.ndarray, tracker: RangeTracker | None = None) -> np.ndarray:
+    """Any supported input as float32 on 0..255: 8-bit as is, 16-bit by robust percentiles
+    (through ``tracker`` when given, for temporal smoothing), float kept."""
+    if img.dtype == np.uint16:
+        if tracker is None:
+            return map_range(img, *robust_bounds(img))
+        return tracker(img)
+    return to_float255(img)
+
+
 @dataclass
 class PreparedPair:
     """Network-ready lumas of a pair and the chroma to put back on the fused image."""
@@ -93,14 +161,30 @@ class PreparedPair:
 
 
 def prepare_pair(
-    img_a: np.ndarray, img_b: np.ndarray, name_a: str = "a", name_b: str = "b"
+    img_a: np.ndarray,
+    img_b: np.ndarray,
+    name_a: str = "a",
+    name_b: str = "b",
+    *,
+    trackers: tuple[RangeTracker | None, RangeTracker | None] = (None, None),
 ) -> PreparedPair:
-    """Lumas and output chroma of a pair (see the module docstring for the colour rule)."""
+    """Lumas and output chroma of a pair (see the module docstring for the colour rule).
+
+    Args:
+        img_a, img_b: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float32 (0..255).
+        name_a, name_b: names used in error messages.
+        trackers: per-source :class:`RangeTracker` for 16-bit video frames (smoothed bounds);
+            ``None`` maps a 16-bit image by its own percentiles.
+    """
     if img_a.shape[:2] != img_b.shape[:2]:
         raise UserError(
             f"size mismatch: {name_a} is {img_a.shape[1]}x{img_a.shape[0]}, "
             f"{name_b} is {img_b.shape[1]}x{img_b.shape[0]}"
         )
+    if img_a.dtype == np.uint16:
+        img_a = to_display255(img_a, trackers[0])
+    if img_b.dtype == np.uint16:
+        img_b = to_display255(img_b, trackers[1])
     ya, ca = split_luma(img_a)
     yb, cb = split_luma(img_b)
     if ca is None:
@@ -133,6 +217,31 @@ def compose(
     ycrcb = np.concatenate([y[..., None], chroma.astype(np.float32)], axis=2)
     bgr = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
     return np.clip(np.rint(bgr), 0, 255).astype(np.uint8)
+
+
+def as_bgr8(img: np.ndarray) -> np.ndarray:
+    """Any input image as displayable 8-bit BGR ``(H, W, 3)`` (16-bit by robust percentiles)."""
+    f = to_display255(img)
+    u8 = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR) if u8.ndim == 2 else u8
+
+
+def panel(*images: np.ndarray, height: int | None = None) -> np.ndarray:
+    """Side-by-side 8-bit BGR panel of images (resized to one height, aspect kept).
+
+    Shape:
+        - Inputs: ``(H_i, W_i)`` or ``(H_i, W_i, 3)``, any supported dtype
+        - Output: ``(H, sum W_i', 3)`` uint8
+    """
+    tiles = [as_bgr8(im) for im in images]
+    h = height or max(t.shape[0] for t in tiles)
+    out = []
+    for t in tiles:
+        if t.shape[0] != h:
+            w = max(1, round(t.shape[1] * h / t.shape[0]))
+            t = cv2.resize(t, (w, h), interpolation=cv2.INTER_AREA)
+        out.append(t)
+    return np.concatenate(out, axis=1)
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:

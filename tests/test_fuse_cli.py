@@ -91,3 +91,72 @@ def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+# --- folders, batches, panels and backends ----------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # on-the-fly ONNX exports go to a per-session folder, never to the user's ~/.cache
+    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _folders(tmp_path, photo_pair):
+    ir, vis = photo_pair
+    da, db = tmp_path / "ir", tmp_path / "vis"
+    da.mkdir()
+    db.mkdir()
+    for i, (h, w) in enumerate([(64, 64), (64, 64), (48, 80)]):
+        cv2.imwrite(str(da / f"p{i}.png"), cv2.resize(ir, (w, h)))
+        cv2.imwrite(str(db / f"p{i}.jpg"), cv2.resize(vis, (w, h)))
+    cv2.imwrite(str(da / "lonely.png"), ir)
+    return da, db
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_fuse_folders_batched(backend, photo_pair, ckpt, tmp_path, capsys):
+    da, db = _folders(tmp_path, photo_pair)
+    out = tmp_path / "out"
+    assert main([str(da), str(db), "-o", str(out), "--weights", str(ckpt), "--backend", backend,
+                 "--batch-size", "3", "--panel", "-q"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["p0.png", "p0_panel.png", "p1.png", "p1_panel.png", "p2.png",
+                     "p2_panel.png"]
+    assert cv2.imread(str(out / "p2.png")).shape == (48, 80, 3)
+    assert cv2.imread(str(out / "p0_panel.png")).shape == (64, 192, 3)
+    err = capsys.readouterr().err
+    assert "1 images without a partner" in err and "lonely.png" in err
+
+
+def test_backends_agree_on_files(pair_files, ckpt, tmp_path):
+    a, b = pair_files
+    outs = []
+    for be in ("torch", "onnxruntime"):
+        o = tmp_path / f"{be}.png"
+        main([str(a), str(b), "-o", str(o), "--weights", str(ckpt), "--backend", be, "--gray"])
+        outs.append(cv2.imread(str(o), cv2.IMREAD_UNCHANGED).astype(int))
+    assert outs[0].ndim == 2 and np.abs(outs[0] - outs[1]).max() <= 1
+
+
+def test_16bit_input_file(tmp_path, ckpt, photo_pair):
+    ir, vis = photo_pair
+    a = tmp_path / "ir16.png"
+    cv2.imwrite(str(a), (3000 + 8 * ir.astype(np.uint16)))
+    b = tmp_path / "vis.png"
+    cv2.imwrite(str(b), vis)
+    out = tmp_path / "f.png"
+    assert main([str(a), str(b), "-o", str(out), "--weights", str(ckpt), "--backend", "torch"]) == 0
+    assert cv2.imread(str(out)).shape == vis.shape
+
+
+@pytest.mark.parametrize("case", ["mix", "no-common"])
+def test_folder_errors(case, photo_pair, ckpt, tmp_path):
+    da, db = _folders(tmp_path, photo_pair)
+    if case == "mix":
+        args, needle = [str(da), str(db / "p0.jpg")], "not a mix"
+    else:
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        args, needle = [str(da), str(empty)], "no image names in common"
+    r = _run([*args, "-o", str(tmp_path / "o"), "--weights", str(ckpt)])
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,54 +1,122 @@
-"""``refusion-fuse A B -o OUT --weights CKPT``: fuse one pair of image files."""
+"""``refusion-fuse A B -o OUT --weights CKPT``: fuse image pairs (files, or folders by stem).
+
+With two files ``OUT`` is the output image; with two folders ``OUT`` is a folder that receives
+``<stem><ext>`` for every name the two folders share. Any backend of :mod:`refusion.engine`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from refusion.checkpoint import load_fusion_model
+from tqdm import tqdm
+
 from refusion.cli._common import TASKS, cli_entry
+from refusion.engine import BACKENDS, create_backend
+from refusion.engine.files import PairPaths, match_pairs
+from refusion.engine.preprocess import stack_inputs
 from refusion.errors import UserError
-from refusion.imaging import compose, prepare_pair, read_image, write_image
-from refusion.inference import fuse_lumas, resolve_device
+from refusion.imaging import compose, panel, prepare_pair, read_image, write_image
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="refusion-fuse",
-        description="Fuse a pair of images with a ReFusion fusion module. The first input is "
-        "source a (infrared, CT/PET/SPECT, near focus, under-exposed), the second source b.",
+        description="Fuse image pairs with a ReFusion fusion module. The first input is source "
+        "a (infrared, CT/PET/SPECT, near focus, under-exposed), the second source b. Give two "
+        "files, or two folders whose images are paired by file name (stem).",
     )
-    p.add_argument("a", help="first source image (infrared / functional / near / under)")
-    p.add_argument("b", help="second source image (visible / MRI / far / over)")
-    p.add_argument("-o", "--output", required=True, help="output image file (.png, .jpg, ...)")
-    p.add_argument("--weights", required=True, help="our .safetensors or the authors' .pth")
+    p.add_argument("a", help="first source: image or folder (infrared / functional / near / under)")
+    p.add_argument("b", help="second source: image or folder (visible / MRI / far / over)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (two files) or output folder (two folders)")
+    p.add_argument("--weights", required=True,
+                   help="our .safetensors, the authors' .pth, an .onnx export or a TensorRT .plan")
     p.add_argument("--task", choices=TASKS, help="fusion task (checked against the checkpoint)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="inference backend (default auto: the fastest available)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(
-        "--normalize",
-        choices=("fixed", "minmax"),
-        default="fixed",
+        "--normalize", choices=("fixed", "minmax"), default="fixed",
         help="output scaling: fixed [0,1]->[0,255] (default) or per-image min-max (authors')",
     )
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--gray", action="store_true", help="write grey output even for colour input")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="pairs per inference call (same-size pairs only; default 4)")
+    p.add_argument("--ext", default=".png", help="output extension in folder mode (default .png)")
+    p.add_argument("--panel", action="store_true",
+                   help="also write a side-by-side panel a | b | fused as <name>_panel<ext>")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _check_task(weights: str, task: str | None) -> None:
+    if not task or str(weights).lower().endswith((".onnx", ".plan", ".engine", ".trt")):
+        return
+    from refusion.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(weights)
+    if ckpt.task and task != ckpt.task:
+        raise UserError(f"--weights {weights} was trained for '{ckpt.task}', not '{task}'")
+
+
+def _outputs(pair: PairPaths, out: Path, folder: bool, ext: str) -> tuple[Path, Path]:
+    dest = out / f"{pair.stem}{ext}" if folder else out
+    return dest, dest.with_name(f"{dest.stem}_panel{dest.suffix}")
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = resolve_device(args.device)
-    model, ckpt = load_fusion_model(args.weights, device)
-    if args.task and ckpt.task and args.task != ckpt.task:
-        raise UserError(
-            f"--weights {args.weights} was trained for '{ckpt.task}', not '{args.task}'"
-        )
-    img_a, img_b = read_image(args.a), read_image(args.b)
-    pair = prepare_pair(img_a, img_b, args.a, args.b)
-    fused = fuse_lumas(model, pair.a, pair.b)
-    out = write_image(args.output, compose(fused, pair.chroma, args.normalize))
-    print(f"wrote {out}", file=sys.stderr)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    ext = args.ext if args.ext.startswith(".") else f".{args.ext}"
+    pairs, unmatched = match_pairs(args.a, args.b)
+    folder = Path(args.a).is_dir()
+    out = Path(args.output)
+    if folder and out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} must be a folder when the inputs are folders")
+    if unmatched:
+        more = f" (and {len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
+        print(f"refusion-fuse: warning: {len(unmatched)} images without a partner skipped: "
+              f"{', '.join(unmatched[:3])}{more}", file=sys.stderr)
+    _check_task(args.weights, args.task)
+    backend = create_backend(args.backend, args.weights, device=args.device)
+    bar = tqdm(total=len(pairs), desc="fuse", unit="pair", file=sys.stderr,
+               disable=args.quiet or len(pairs) == 1)
+    with backend, bar:
+        for start in range(0, len(pairs), args.batch_size):
+            chunk = pairs[start:start + args.batch_size]
+            images = [(read_image(p.a), read_image(p.b)) for p in chunk]
+            prepared = [prepare_pair(ia, ib, str(p.a), str(p.b))
+                        for p, (ia, ib) in zip(chunk, images)]
+            if args.gray:
+                for pp in prepared:
+                    pp.chroma = None
+            # one inference per image size within the chunk: a batch needs one H x W
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for i, pp in enumerate(prepared):
+                by_size.setdefault(pp.a.shape, []).append(i)
+            fused: dict[int, object] = {}
+            for idx in by_size.values():
+                result = backend.infer(stack_inputs([prepared[i] for i in idx]))
+                fused.update({i: result[k, 0] for k, i in enumerate(idx)})
+            for i, p in enumerate(chunk):
+                img = compose(fused[i], prepared[i].chroma, args.normalize)
+                dest, panel_dest = _outputs(p, out, folder, ext)
+                write_image(dest, img)
+                if args.panel:
+                    write_image(panel_dest, panel(images[i][0], images[i][1], img))
+            bar.update(len(chunk))
+    where = out if folder else _outputs(pairs[0], out, False, ext)[0]
+    print(f"wrote {len(pairs)} image{'s' * (len(pairs) > 1)} to {where} ({backend.name}, "
+          f"{backend.device})", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # re-import under the package name so that messages say refusion-fuse, not refusion
+    from refusion.cli.fuse import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,87 @@
+"""Latency of every backend against the eager baseline, at four frame sizes.
+
+Baseline: eager PyTorch, our model (the published size, ``FusionNet()``), float32, NCHW, no
+``torch.compile``, native kernels off. Run with ``python bench/report.py`` (which writes
+``docs/benchmarks.md``) or ``pytest bench/bench_backends.py --benchmark-only``.
+Set ``REFUSION_BENCH_COMPILE=1`` to add ``torch.compile`` (minutes of compilation per size on
+two cores), ``REFUSION_BENCH_SIZES=256x256,480x640`` to restrict the sizes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from refusion.engine import available_backends
+from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+from refusion.engine.backends.tensorrt_backend import TensorRTBackend, tensorrt_available
+from refusion.engine.backends.torch_backend import TorchBackend
+from refusion.engine.onnx_cache import export_onnx_file
+
+from refusion.models import FusionNet
+
+ALL_SIZES = {"256x256": (256, 256), "480x640": (480, 640), "1280x720": (720, 1280),
+             "1920x1080": (1080, 1920)}
+_wanted = os.environ.get("REFUSION_BENCH_SIZES")
+SIZES = {k: v for k, v in ALL_SIZES.items() if not _wanted or k in _wanted.split(",")}
+
+# name -> (factory kind, options); the first entry is the baseline
+CONFIGS = {
+    "eager-baseline": ("torch", {"channels_last": False, "native": False}),
+    "torch": ("torch", {"native": True}),  # defaults: NCHW on CPU, channels-last on CUDA
+    "torch-compile": ("torch", {"channels_last": True, "compile": True}),
+    "onnxruntime": ("onnxruntime", {"optimization": "all"}),
+    "onnxruntime-extended": ("onnxruntime", {"optimization": "extended"}),
+    "tensorrt": ("tensorrt", {}),
+}
+
+
+@pytest.fixture(scope="session")
+def model() -> FusionNet:
+    torch.manual_seed(0)
+    return FusionNet().eval()
+
+
+@pytest.fixture(scope="session")
+def onnx_path(model, tmp_path_factory):
+    return export_onnx_file(model, tmp_path_factory.mktemp("bench") / "fusion.onnx")
+
+
+def _make(config: str, model, onnx_path):
+    kind, opts = CONFIGS[config]
+    if kind == "torch":
+        if opts.get("compile") and not os.environ.get("REFUSION_BENCH_COMPILE"):
+            pytest.skip("torch.compile: set REFUSION_BENCH_COMPILE=1 (long compile on 2 cores)")
+        return TorchBackend(model, "cuda" if torch.cuda.is_available() else "cpu", **opts)
+    if kind == "onnxruntime":
+        why = available_backends()["onnxruntime"]
+        if why:
+            pytest.skip(why)
+        return OnnxRuntimeBackend(onnx_path(), "cpu", **opts)
+    ok, why = tensorrt_available()
+    if not ok:
+        pytest.skip(f"tensorrt: {why} (no GPU is lent to this machine)")
+    plan = os.environ.get("REFUSION_BENCH_PLAN")
+    if not plan:
+        pytest.skip("tensorrt: set REFUSION_BENCH_PLAN to a plan built by refusion-export")
+    return TensorRTBackend(plan)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_latency(benchmark, config, size, model, onnx_path):
+    h, w = SIZES[size]
+    be = _make(config, model, lambda: onnx_path)
+    x = np.random.default_rng(0).random((1, 2, h, w), dtype=np.float32)
+    with be:
+        try:
+            be.infer(x)  # warm-up: allocator, graph optimisation, compilation
+        except Exception as exc:  # noqa: BLE001 - e.g. native kernels mid-rebuild
+            pytest.skip(f"{config}: {type(exc).__name__}: {str(exc)[:120]}")
+        big = h * w > 500_000
+        benchmark.group = f"latency {size}"
+        benchmark.extra_info.update(config=config, size=size, height=h, width=w,
+                                    describe={k: str(v) for k, v in be.describe().items()})
+        benchmark.pedantic(be.infer, args=(x,), rounds=2 if big else 3, iterations=1)

@@ -1,0 +1,292 @@
+"""Threaded video fusion: decode -> infer -> encode, joined by bounded queues.
+
+Three threads overlap reading and colour conversion, the network, and composing and encoding,
+so end-to-end throughput approaches the network's own. Queues are bounded (memory stays flat
+and a slow stage pushes back on the reader); a live camera never waits: when the queue is
+full its oldest frame is dropped and counted.
+
+Output: written to a hidden temp file next to ``output`` and renamed onto it at the end, so a
+crash never leaves a half file under the final name. Ctrl-C stops reading, lets the frames in
+flight finish (a second Ctrl-C skips them), releases the writer (the MP4 is then complete and
+playable) and renames it, then re-raises ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from refusion.engine.base import Backend
+from refusion.engine.preprocess import FramePreprocessor, stack_inputs
+from refusion.engine.video import Aligner, PairReader
+
+from refusion.errors import UserError
+from refusion.imaging import panel
+
+_END = object()
+
+
+@dataclass
+class PipelineStats:
+    """Counts and time per stage (seconds, summed over frames)."""
+
+    frames: int = 0  # frames written
+    read: int = 0  # pairs read
+    dropped: int = 0  # infrared frames skipped by pairing + live frames dropped when busy
+    decode_s: float = 0.0  # reading, pairing, alignment, colour conversion
+    infer_s: float = 0.0
+    encode_s: float = 0.0  # composing the output frame(s) and encoding
+    wall_s: float = 0.0
+    interrupted: bool = False
+    ended: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["fps"] = self.fps
+        return d
+
+    def summary(self) -> str:
+        per = (lambda s: f"{1e3 * s / self.frames:.1f} ms") if self.frames else (lambda s: "-")
+        return (f"{self.frames} frames in {self.wall_s:.2f} s ({self.fps:.2f} fps), "
+                f"{self.dropped} dropped; per frame: decode {per(self.decode_s)}, "
+                f"infer {per(self.infer_s)}, encode {per(self.encode_s)}"
+                + (" [interrupted]" if self.interrupted else ""))
+
+
+class _Writer:
+    """MP4 writer into a temp file that becomes ``path`` on :meth:`finish`."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps = path, fps
+        self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix or '.mp4'}")
+        self._vw: cv2.VideoWriter | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        if self._vw is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame.shape[:2]
+            self._vw = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"),
+                                       self.fps, (w, h))
+            if not self._vw.isOpened():
+                raise UserError(f"cannot write a video to {self.path} (mp4v codec, {w}x{h})")
+        self._vw.write(frame)
+
+    def finish(self, keep: bool) -> bool:
+        """Release; move the temp file onto the final name when ``keep``, else delete it."""
+        if self._vw is None:
+            return False
+        self._vw.release()
+        self._vw = None
+        if keep:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return keep
+
+
+class VideoPipeline:
+    """Fuse a stream of frame pairs into an MP4.
+
+    Args:
+        reader: frame pairs (:class:`refusion.engine.video.PairReader`).
+        backend: an active or inactive :class:`Backend`.
+        output: final ``.mp4`` path.
+        aligner: brings infrared frames onto the visible grid (default: resize).
+        preprocessor: shared pre/post-processing (default: fixed scaling, colour).
+        preview: optional second ``.mp4`` with IR | VIS | fused tiles.
+        max_frames: stop after this many output frames.
+        batch_size: frames per inference call (latency grows with it).
+        queue_size: capacity of each queue.
+        progress: show a tqdm bar with the live frame rate.
+    """
+
+    def __init__(self, reader: PairReader, backend: Backend, output: str | os.PathLike, *,
+                 aligner: Aligner | None = None, preprocessor: FramePreprocessor | None = None,
+                 preview: str | os.PathLike | None = None, max_frames: int | None = None,
+                 batch_size: int = 1, queue_size: int = 4, progress: bool = True) -> None:
+        self.reader, self.backend = reader, backend
+        self.aligner = aligner or Aligner(reader.vis_size)
+        self.pre = preprocessor or FramePreprocessor()
+        self.writer = _Writer(Path(output), reader.fps)
+        self.preview = _Writer(Path(preview), reader.fps) if preview else None
+        self.max_frames = max_frames
+        self.batch_size = max(1, batch_size)
+        self.q_in: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self.q_out: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self.stop_reading = threading.Event()
+        self.abort = threading.Event()
+        self.stats = PipelineStats(warnings=list(reader.stats.warnings))
+        self._errors: list[BaseException] = []
+        self.progress = progress
+
+    # --- stages ---------------------------------------------------------------------------
+    def _put(self, q: queue.Queue, item: Any, live: bool = False) -> bool:
+        """Put unless aborted; a live source drops its oldest frame instead of waiting."""
+        while not self.abort.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if live and item is not _END:
+                    try:
+                        q.get_nowait()
+                        self.stats.dropped += 1
+                    except queue.Empty:
+                        pass
+        return False
+
+    def _decode(self) -> None:
+        try:
+            n = 0
+            while not self.stop_reading.is_set():
+                if self.max_frames is not None and n >= self.max_frames:
+                    break
+                t0 = time.perf_counter()
+                got = self.reader.read()
+                if got is None:
+                    break
+                ir, vis, _ = got
+                ir = self.aligner(ir)
+                pair = self.pre.pre(ir, vis)
+                self.stats.decode_s += time.perf_counter() - t0
+                n += 1
+                if not self._put(self.q_in, (ir, vis, pair), live=self.reader.live):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._errors.append(exc)
+            self.abort.set()
+        finally:
+            self._put(self.q_in, _END)
+
+    def _infer(self) -> None:
+        try:
+            pending: Any = None  # a frame of another size, held back for the next batch
+            while not self.abort.is_set():
+                item = pending if pending is not None else self.q_in.get()
+                pending = None
+                if item is _END:
+                    break
+                items = [item]
+                while len(items) < self.batch_size:  # batch what is already waiting
+                    try:
+                        nxt = self.q_in.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _END or nxt[2].a.shape != item[2].a.shape:
+                        pending = nxt
+                        break
+                    items.append(nxt)
+                t0 = time.perf_counter()
+                fused = self.backend.infer(stack_inputs([it[2] for it in items]))
+                self.stats.infer_s += time.perf_counter() - t0
+                for it, f in zip(items, fused):
+                    if not self._put(self.q_out, (*it, f[0])):
+                        return
+        except BaseException as exc:  # noqa: BLE001
+            self._errors.append(exc)
+            self.abort.set()
+        finally:
+            self._put(self.q_out, _END)
+
+    def _encode(self) -> None:
+        try:
+            while True:
+                item = self.q_out.get()
+                if item is _END or self.abort.is_set():
+                    break
+                ir, vis, pair, fused = item
+                t0 = time.perf_counter()
+                out = self.pre.post(fused, pair)
+                self.writer.write(out)
+                if self.preview is not None:
+                    self.preview.write(panel(ir, vis, out))
+                self.stats.encode_s += time.perf_counter() - t0
+                self.stats.frames += 1
+        except BaseException as exc:  # noqa: BLE001
+            self._errors.append(exc)
+            self.abort.set()
+
+    # --- driver ---------------------------------------------------------------------------
+    def run(self) -> PipelineStats:
+        """Run to the end of the input (or ``max_frames``); returns the statistics.
+
+        Raises:
+            KeyboardInterrupt: after the output was finalised, when interrupted.
+        """
+        from tqdm import tqdm
+
+        self.backend.activate()
+        total = self.reader.frame_count
+        if self.max_frames is not None:
+            total = self.max_frames if total < 0 else min(total, self.max_frames)
+        stages = (self._decode, self._infer, self._encode)
+        # Own "finished" flags instead of Thread.is_alive()/join(): a KeyboardInterrupt that
+        # lands inside join() can leave a running thread reported as stopped (CPython
+        # gh-90882), and the writer must never be released while the encoder still writes.
+        finished = [threading.Event() for _ in stages]
+
+        def runner(stage: Any, flag: threading.Event) -> None:
+            try:
+                stage()
+            finally:
+                flag.set()
+
+        threads = [threading.Thread(target=runner, args=(f, e), daemon=True,
+                                    name=f"refusion-{f.__name__[1:]}")
+                   for f, e in zip(stages, finished)]
+        t_start = time.perf_counter()
+        bar = tqdm(total=total if total > 0 else None, unit="frame", desc="fuse",
+                   file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+        interrupts = 0
+        shown = 0
+        try:
+            for t in threads:
+                t.start()
+            while True:
+                try:
+                    while not all(e.is_set() for e in finished):
+                        time.sleep(0.1)
+                        if self.stats.frames > shown:
+                            bar.update(self.stats.frames - shown)
+                            shown = self.stats.frames
+                    break
+                except KeyboardInterrupt:
+                    interrupts += 1
+                    self.stats.interrupted = True
+                    self.stop_reading.set()
+                    if interrupts > 1:  # second Ctrl-C: skip the frames still in flight
+                        self.abort.set()
+        finally:
+            alive = not all(e.is_set() for e in finished)
+            failed = bool(self._errors) or alive
+            bar.update(self.stats.frames - shown)
+            bar.close()
+            self.stats.wall_s = time.perf_counter() - t_start
+            self.stats.read = self.reader.stats.pairs
+            self.stats.dropped += self.reader.stats.dropped
+            self.stats.ended = self.reader.stats.ended
+            if not alive:  # never release a writer a thread may still be writing to
+                for w in (self.writer, self.preview):
+                    if w is not None:
+                        w.finish(keep=not failed)
+                self.reader.release()
+        if self._errors:
+            raise self._errors[0]
+        if self.stats.interrupted:
+            raise KeyboardInterrupt
+        return self.stats

@@ -1,0 +1,200 @@
+"""Create backends by name; ``auto`` picks the fastest one this machine can run.
+
+``auto`` tries, in order: TensorRT (with a plan, or one ``refusion.export`` can build),
+ONNX Runtime on CUDA, PyTorch on CUDA, ONNX Runtime on CPU, PyTorch on CPU. The CPU order
+comes from ``bench/`` (ONNX Runtime with all graph optimisations beats eager PyTorch on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from refusion.engine.base import Backend
+
+from refusion.errors import UserError
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+_EXPORTED = (".onnx",)
+_PLANS = (".plan", ".engine", ".trt")
+
+
+def _kind(weights: Any) -> str:
+    """``module``, ``onnx``, ``plan`` or ``checkpoint``."""
+    if hasattr(weights, "state_dict"):  # an nn.Module (torch stays unimported until needed)
+        return "module"
+    s = str(weights).lower()
+    if s.endswith(_EXPORTED):
+        return "onnx"
+    if s.endswith(_PLANS):
+        return "plan"
+    return "checkpoint"
+
+
+def _check_exists(weights: Any) -> None:
+    if _kind(weights) != "module" and not Path(weights).is_file():
+        raise UserError(f"--weights not found: {weights}")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _onnx_for(weights: Any, cache: str | os.PathLike | None) -> Path:
+    """An ONNX file for ``weights``: itself, or a cached export of the checkpoint/module."""
+    if _kind(weights) == "onnx":
+        return Path(weights)
+    if _kind(weights) == "plan":
+        raise UserError(f"--weights {weights}: a TensorRT plan only runs with --backend tensorrt")
+    from refusion.engine.backends.torch_backend import load_module
+    from refusion.engine.onnx_cache import cached_onnx
+
+    return cached_onnx(load_module(weights), cache)
+
+
+def _plan_for(weights: Any) -> Path:
+    if _kind(weights) == "plan":
+        return Path(weights)
+    try:
+        from refusion.export import build_engine  # type: ignore[attr-defined]
+    except ImportError:
+        raise UserError(
+            f"--backend tensorrt needs a plan: build one with `refusion-export {weights}` "
+            "(then pass the .plan as --weights)"
+        ) from None
+    from refusion.engine.onnx_cache import cache_dir
+
+    src = _onnx_for(weights, None) if _kind(weights) != "onnx" else Path(weights)
+    plan = cache_dir().parent / "tensorrt" / (src.stem + ".plan")
+    if not plan.is_file():
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        build_engine(src, plan)
+    return plan
+
+
+def create_backend(
+    name: str,
+    weights: str | os.PathLike | Any,
+    *,
+    device: str = "auto",
+    onnx_cache: str | os.PathLike | None = None,
+    **options: Any,
+) -> Backend:
+    """Build (not yet activate) a backend.
+
+    Args:
+        name: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``.
+        weights: a checkpoint (``.safetensors``/``.pth``), an ``.onnx`` export, a TensorRT
+            ``.plan``, or an ``nn.Module``. ONNX Runtime exports a checkpoint on the fly into
+            ``onnx_cache`` (default :func:`refusion.engine.onnx_cache.cache_dir`).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+        **options: passed to the backend class (e.g. ``compile=True`` for torch,
+            ``threads=2`` for onnxruntime); options another backend would take are dropped
+            for ``auto``.
+
+    Returns:
+        An inactive :class:`Backend`; use it as a context manager or call ``activate()``.
+    """
+    if name not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    _check_exists(weights)
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    elif device.startswith("cuda") and not _cuda_available():
+        raise UserError("--device cuda was requested but no CUDA device is available")
+    elif device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if name == "auto":
+        return _auto(weights, device, onnx_cache, options)
+    return _make(name, weights, device, onnx_cache, options)
+
+
+_OPTIONS = {
+    "torch": {"channels_last", "compile", "half", "cuda_graphs", "native", "threads"},
+    "onnxruntime": {"provider", "threads", "optimization", "spin", "trt_cache"},
+    "tensorrt": set(),
+}
+
+
+def _make(name: str, weights: Any, device: str, cache: Any, options: dict) -> Backend:
+    kind = _kind(weights)
+    # options meant for another backend (e.g. ORT's spin for a torch run) are dropped; unknown
+    # ones still reach the class and fail there
+    foreign = set().union(*_OPTIONS.values()) - _OPTIONS[name]
+    options = {k: v for k, v in options.items() if k not in foreign}
+    if name == "torch":
+        from refusion.engine.backends.torch_backend import TorchBackend
+
+        if kind in ("onnx", "plan"):
+            raise UserError(
+                f"--weights {weights}: the torch backend needs a checkpoint (.safetensors or "
+                ".pth), not an exported model"
+            )
+        return TorchBackend(weights, device, **options)
+    if name == "onnxruntime":
+        from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(_onnx_for(weights, cache), device, **options)
+    from refusion.engine.backends.tensorrt_backend import TensorRTBackend, tensorrt_available
+
+    ok, why = tensorrt_available()
+    if not ok:
+        raise UserError(f"--backend tensorrt: {why}")
+    if not device.startswith("cuda"):
+        raise UserError("--backend tensorrt runs on CUDA only (use --device cuda or auto)")
+    return TensorRTBackend(_plan_for(weights), device, **options)
+
+
+
+
+def auto_candidates(weights: Any, device: str) -> list[tuple[str, str, str]]:
+    """``(backend, device, why-not)`` in ``auto``'s order; why-not is empty when usable."""
+    from refusion.engine.backends.onnxruntime_backend import available_providers
+    from refusion.engine.backends.tensorrt_backend import tensorrt_available
+
+    kind = _kind(weights)
+    providers = available_providers()
+    cuda = device.startswith("cuda")
+    out: list[tuple[str, str, str]] = []
+    trt_ok, trt_why = tensorrt_available()
+    if kind == "onnx":
+        trt_why = trt_why or "needs a .plan"
+        trt_ok = False
+    out.append(("tensorrt", device, "" if cuda and trt_ok else (trt_why or "cpu requested")))
+    ort_cuda = "CUDAExecutionProvider" in providers
+    out.append(("onnxruntime", device, "" if cuda and ort_cuda and kind != "plan"
+                else "no CUDAExecutionProvider"))
+    out.append(("torch", device, "" if cuda and kind in ("module", "checkpoint")
+                else "cpu or exported weights"))
+    out.append(("onnxruntime", "cpu", "" if providers and kind != "plan"
+                else "onnxruntime missing"))
+    out.append(("torch", "cpu", "" if kind in ("module", "checkpoint") else "exported weights"))
+    return out
+
+
+def _auto(weights: Any, device: str, cache: Any, options: dict) -> Backend:
+    errors = []
+    for name, dev, why in auto_candidates(weights, device):
+        if why:
+            continue
+        opts = {k: v for k, v in options.items() if k in _OPTIONS[name]}
+        try:
+            return _make(name, weights, dev, cache, opts)
+        except UserError as exc:  # e.g. no plan can be built: try the next one
+            errors.append(f"{name}/{dev}: {exc}")
+    raise UserError("no backend can run " + str(weights) + ": " + "; ".join(errors))
+
+
+def available_backends() -> dict[str, str]:
+    """Backend -> '' when it can run here, else the reason it cannot (for reports and skips)."""
+    from refusion.engine.backends.onnxruntime_backend import available_providers
+    from refusion.engine.backends.tensorrt_backend import tensorrt_available
+
+    out = {"torch": ""}
+    out["onnxruntime"] = "" if available_providers() else "the onnxruntime package is missing"
+    ok, why = tensorrt_available()
+    out["tensorrt"] = "" if ok else why
+    return out

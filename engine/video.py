@@ -1,0 +1,387 @@
+"""Video inputs: files, cameras, image-sequence folders, one side-by-side video; pairing of
+infrared and visible frames by timestamp; alignment of the infrared frame to the visible one.
+
+Timestamps: frame ``i`` of a file or folder is at ``i / fps`` (container timestamps of phone
+and camera recordings are often unreliable); a camera frame is stamped with the monotonic
+clock when it is grabbed.
+
+Pairing: the visible stream is the clock. For every visible frame the infrared frame nearest
+in time is used; infrared frames that are never nearest are counted as dropped. With equal
+frame rates this reduces to pairing by index.
+
+Alignment: the infrared frame is resized to the visible frame's size, or, with a homography
+``H`` (3x3, mapping infrared pixel coordinates to visible pixel coordinates), warped onto it.
+:func:`estimate_homography` finds ``H`` from a few frame pairs (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from refusion.errors import UserError
+from refusion.imaging import IMAGE_SUFFIXES, read_image
+from refusion.utils.atomic import atomic_write_text
+
+DEFAULT_FPS = 30.0
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence native libraries writing to file descriptor 2 (FFmpeg's demuxer warnings)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class FrameSource:
+    """Frames of a video file, a camera (integer index) or a folder of images.
+
+    Args:
+        spec: path of a video file or image folder, or a camera index (``"0"`` or ``0``).
+        name: how messages call this source (``ir``, ``vis``).
+        fps: frame rate of an image folder (and of files/cameras that report none).
+
+    Attributes:
+        fps, size (``(W, H)``), frame_count (``-1`` when unknown), live (a camera).
+    """
+
+    def __init__(self, spec: str | int | os.PathLike, name: str = "video",
+                 fps: float | None = None) -> None:
+        self.spec, self.name = spec, name
+        self.index = 0
+        self._cap: cv2.VideoCapture | None = None
+        self._files: list[Path] = []
+        self.live = isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit())
+        if self.live:
+            self._cap = cv2.VideoCapture(int(spec))
+            if not self._cap.isOpened():
+                raise UserError(f"--{name} {spec}: cannot open camera {int(spec)}")
+        else:
+            p = Path(spec)
+            if not p.exists():
+                raise UserError(f"--{name}: not found: {p}")
+            if p.is_dir():
+                self._files = sorted(f for f in p.iterdir()
+                                     if f.suffix.lower() in IMAGE_SUFFIXES)
+                if not self._files:
+                    raise UserError(f"--{name} {p}: folder holds no images")
+            else:
+                with _quiet_stderr():  # FFmpeg's own complaint would precede our one line
+                    self._cap = cv2.VideoCapture(str(p))
+                if not self._cap.isOpened():
+                    raise UserError(f"--{name} {p}: cannot open as a video")
+        self._first: np.ndarray | None = None
+        if self._cap is not None:
+            cap_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            self.fps = fps or (cap_fps if 1.0 <= cap_fps <= 1000.0 else DEFAULT_FPS)
+            n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            self.frame_count = -1 if self.live or n <= 0 else n
+            ok, frame = self._cap.read()
+            if not ok or frame is None:
+                raise UserError(f"--{name} {spec}: no frame can be decoded")
+            self._first = frame
+        else:
+            self.fps = fps or DEFAULT_FPS
+            self.frame_count = len(self._files)
+            self._first = read_image(self._files[0])
+        self.size = (self._first.shape[1], self._first.shape[0])
+        self._t0 = time.monotonic()
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """Next ``(frame, timestamp in seconds)``, or ``None`` at the end."""
+        if self._first is not None:
+            frame, self._first = self._first, None
+        elif self._cap is not None:
+            ok, frame = self._cap.read()
+            if not ok or frame is None:
+                return None
+        else:
+            if self.index >= len(self._files):
+                return None
+            frame = read_image(self._files[self.index])
+        t = time.monotonic() - self._t0 if self.live else self.index / self.fps
+        self.index += 1
+        return frame, t
+
+    def release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def describe(self) -> str:
+        n = f"{self.frame_count} frames" if self.frame_count >= 0 else "live"
+        return f"{self.spec} ({self.size[0]}x{self.size[1]}, {self.fps:g} fps, {n})"
+
+
+@dataclass
+class PairStats:
+    """What pairing did: pairs made, infrared frames dropped, and why it stopped."""
+
+    pairs: int = 0
+    dropped: int = 0
+    ended: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+class PairReader:
+    """``(ir, vis, t)`` frame pairs from two sources or one side-by-side source.
+
+    Args:
+        ir, vis: the two sources; or ``sbs`` alone: a side-by-side video whose left half is
+            the infrared frame (``sbs_order="ir-vis"``, default) or the visible one.
+    """
+
+    def __init__(self, ir: FrameSource | None = None, vis: FrameSource | None = None, *,
+                 sbs: FrameSource | None = None, sbs_order: str = "ir-vis") -> None:
+        if sbs is None and (ir is None or vis is None):
+            raise UserError("give --ir and --vis, or --sbs")
+        if sbs_order not in ("ir-vis", "vis-ir"):
+            raise UserError(f"--sbs-order must be ir-vis or vis-ir, got {sbs_order!r}")
+        self.ir, self.vis, self.sbs, self.order = ir, vis, sbs, sbs_order
+        self.stats = PairStats()
+        self._ir_cur: tuple[np.ndarray, float, bool] | None = None  # frame, t, used
+        self._ir_next: tuple[np.ndarray, float] | None = None
+        self._ir_done = False
+        if sbs is not None:
+            if sbs.size[0] % 2:
+                raise UserError(f"--sbs {sbs.spec}: width {sbs.size[0]} is odd; a side-by-side "
+                                "video needs two halves of equal width")
+            self.fps, self.live = sbs.fps, sbs.live
+            self.vis_size = (sbs.size[0] // 2, sbs.size[1])
+            self.ir_size = self.vis_size
+        else:
+            self.fps, self.live = vis.fps, vis.live or ir.live  # type: ignore[union-attr]
+            self.vis_size, self.ir_size = vis.size, ir.size  # type: ignore[union-attr]
+            self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        ir, vis = self.ir, self.vis
+        assert ir is not None and vis is not None
+        if ir.frame_count < 0 or vis.frame_count < 0:
+            return
+        d_ir, d_vis = ir.frame_count / ir.fps, vis.frame_count / vis.fps
+        if abs(d_ir - d_vis) > 1.0 / min(ir.fps, vis.fps):
+            self.stats.warnings.append(
+                f"streams differ in length: ir {ir.spec} has {ir.frame_count} frames "
+                f"({d_ir:.2f} s), vis {vis.spec} has {vis.frame_count} ({d_vis:.2f} s); "
+                "stopping at the end of the shorter"
+            )
+
+    @property
+    def frame_count(self) -> int:
+        """Pairs expected (``-1`` when unknown)."""
+        if self.sbs is not None:
+            return self.sbs.frame_count
+        assert self.ir is not None and self.vis is not None
+        if self.ir.frame_count < 0 or self.vis.frame_count < 0:
+            return -1
+        return min(self.vis.frame_count,
+                   int(round(self.ir.frame_count / self.ir.fps * self.vis.fps)))
+
+    def read(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Next ``(ir frame, visible frame, timestamp)`` or ``None`` when either stream ends."""
+        if self.sbs is not None:
+            got = self.sbs.read()
+            if got is None:
+                self.stats.ended = "end of the side-by-side video"
+                return None
+            frame, t = got
+            half = frame.shape[1] // 2
+            left, right = frame[:, :half], frame[:, half: 2 * half]
+            ir, vis = (left, right) if self.order == "ir-vis" else (right, left)
+            self.stats.pairs += 1
+            return ir, vis, t
+        assert self.ir is not None and self.vis is not None
+        got = self.vis.read()
+        if got is None:
+            self.stats.ended = f"end of vis {self.vis.spec}"
+            return None
+        vis, t = got
+        ir = self._nearest_ir(t)
+        if ir is None:
+            self.stats.ended = f"end of ir {self.ir.spec}"
+            return None
+        self.stats.pairs += 1
+        return ir, vis, t
+
+    def _pull(self) -> tuple[np.ndarray, float] | None:
+        if self._ir_done:
+            return None
+        got = self.ir.read()  # type: ignore[union-attr]
+        if got is None:
+            self._ir_done = True
+        return got
+
+    def _nearest_ir(self, t: float) -> np.ndarray | None:
+        if self._ir_cur is None:
+            first = self._pull()
+            if first is None:
+                return None
+            self._ir_cur = (first[0], first[1], False)
+            self._ir_next = self._pull()
+        # advance while the next infrared frame is not later than this visible frame
+        while self._ir_next is not None and self._ir_next[1] <= t:
+            if not self._ir_cur[2]:
+                self.stats.dropped += 1
+            self._ir_cur = (self._ir_next[0], self._ir_next[1], False)
+            self._ir_next = self._pull()
+        cur, nxt = self._ir_cur, self._ir_next
+        if nxt is None and t - cur[1] > 1.0 / self.ir.fps - 1e-6:  # type: ignore[union-attr]
+            return None  # past the last infrared frame's duration: do not freeze it
+        if nxt is not None and abs(nxt[1] - t) < abs(cur[1] - t):
+            if not cur[2]:
+                self.stats.dropped += 1
+            self._ir_cur = (nxt[0], nxt[1], True)
+            self._ir_next = self._pull()
+            return nxt[0]
+        self._ir_cur = (cur[0], cur[1], True)
+        return cur[0]
+
+    def release(self) -> None:
+        for s in (self.ir, self.vis, self.sbs):
+            if s is not None:
+                s.release()
+
+
+# --- alignment --------------------------------------------------------------------------------
+
+def load_homography(path: str | os.PathLike) -> np.ndarray:
+    """Read a 3x3 homography (infrared pixels -> visible pixels) from ``.npy`` or ``.json``.
+
+    JSON: either ``{"homography": [[...], [...], [...]]}`` or the bare nested list.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--homography: not found: {p}")
+    try:
+        if p.suffix.lower() == ".npy":
+            h = np.load(p, allow_pickle=False)
+        else:
+            data = json.loads(p.read_text())
+            h = np.asarray(data["homography"] if isinstance(data, dict) else data, np.float64)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--homography {p}: cannot read a 3x3 matrix ({exc})") from None
+    h = np.asarray(h, np.float64)
+    if h.shape != (3, 3) or not np.isfinite(h).all() or abs(np.linalg.det(h)) < 1e-12:
+        raise UserError(f"--homography {p}: expected an invertible 3x3 matrix, got {h.shape}")
+    return h / h[2, 2] if h[2, 2] else h
+
+
+def save_homography(path: str | os.PathLike, h: np.ndarray, **info: object) -> Path:
+    """Write a homography as JSON (atomically), with optional information fields."""
+    p = Path(path)
+    atomic_write_text(p, json.dumps({"homography": np.asarray(h).tolist(), **info}, indent=2))
+    return p
+
+
+class Aligner:
+    """Bring an infrared frame onto the visible frame's pixel grid.
+
+    Args:
+        vis_size: ``(W, H)`` of the visible frames.
+        homography: optional 3x3 matrix, infrared pixels -> visible pixels; without it the
+            infrared frame is only resized.
+    """
+
+    def __init__(self, vis_size: tuple[int, int], homography: np.ndarray | None = None) -> None:
+        self.vis_size = vis_size
+        self.homography = homography
+
+    def __call__(self, ir: np.ndarray) -> np.ndarray:
+        w, h = self.vis_size
+        if self.homography is not None:
+            return cv2.warpPerspective(ir, self.homography, (w, h), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE)
+        if (ir.shape[1], ir.shape[0]) == (w, h):
+            return ir
+        shrink = ir.shape[1] > w
+        return cv2.resize(ir, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _edges(img: np.ndarray) -> np.ndarray:
+    """Normalised gradient magnitude as uint8: a modality-robust picture of the scene's
+    structure (infrared and visible intensities differ, their edges largely coincide)."""
+    from refusion.imaging import as_bgr8
+
+    g = cv2.cvtColor(as_bgr8(img), cv2.COLOR_BGR2GRAY)
+    g = cv2.GaussianBlur(g, (3, 3), 0)
+    mag = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+    hi = float(np.percentile(mag, 99)) or 1.0
+    return np.clip(mag * (255.0 / hi), 0, 255).astype(np.uint8)
+
+
+def estimate_homography(
+    ir_frames: list[np.ndarray], vis_frames: list[np.ndarray], *, min_inliers: int = 12
+) -> tuple[np.ndarray, dict]:
+    """Estimate a fixed homography (infrared pixels -> visible pixels) from a few frame pairs.
+
+    Method: each infrared frame is first resized to the visible size; ORB features are
+    detected on gradient-magnitude maps of both (edges survive the change of modality),
+    matches of all pairs are pooled and a RANSAC homography is fitted; the ECC algorithm then
+    refines it on blurred edge maps of the first pair (starting from the identity when too few
+    inliers remain, e.g. in low texture). The result includes the resize, so it applies to
+    raw infrared frames.
+
+    Returns:
+        ``(H, info)``: the 3x3 float64 matrix and ``{"method", "inliers", "matches"}``.
+    """
+    if not ir_frames or len(ir_frames) != len(vis_frames):
+        raise UserError("homography estimation needs the same number (>= 1) of ir and vis frames")
+    vh, vw = vis_frames[0].shape[:2]
+    ih, iw = ir_frames[0].shape[:2]
+    scale = np.diag([vw / iw, vh / ih, 1.0])
+    orb = cv2.ORB_create(nfeatures=3000, fastThreshold=10)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    src, dst = [], []
+    for ir, vis in zip(ir_frames, vis_frames):
+        e_ir = _edges(cv2.resize(ir, (vw, vh), interpolation=cv2.INTER_LINEAR))
+        e_vis = _edges(vis)
+        k1, d1 = orb.detectAndCompute(e_ir, None)
+        k2, d2 = orb.detectAndCompute(e_vis, None)
+        if d1 is None or d2 is None:
+            continue
+        for m in matcher.match(d1, d2):
+            src.append(k1[m.queryIdx].pt)
+            dst.append(k2[m.trainIdx].pt)
+    info: dict = {"matches": len(src), "inliers": 0, "method": "orb-ransac"}
+    h_res = None
+    if len(src) >= 4:
+        h_res, mask = cv2.findHomography(np.float32(src), np.float32(dst), cv2.RANSAC, 3.0)
+        info["inliers"] = int(mask.sum()) if mask is not None else 0
+    orb_ok = h_res is not None and info["inliers"] >= min_inliers
+    start = np.asarray(h_res, np.float64) if orb_ok else np.eye(3)
+    # ECC on blurred edge maps refines the feature estimate (or replaces it in low texture)
+    e_ir = cv2.GaussianBlur(_edges(cv2.resize(ir_frames[0], (vw, vh))), (7, 7), 0)
+    e_vis = cv2.GaussianBlur(_edges(vis_frames[0]), (7, 7), 0)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
+    try:
+        # ECC finds W with vis(x) ~ ir(W x): W maps visible -> infrared, hence the inverses
+        warp = np.linalg.inv(start).astype(np.float32)
+        _, warp = cv2.findTransformECC(e_vis.astype(np.float32), e_ir.astype(np.float32), warp,
+                                       cv2.MOTION_HOMOGRAPHY, crit, None, 5)
+        h_res = np.linalg.inv(warp.astype(np.float64))
+        info["method"] = "orb-ransac+ecc" if orb_ok else "ecc"
+    except (cv2.error, np.linalg.LinAlgError):
+        if not orb_ok:
+            h_res = np.eye(3)
+            info["method"] = "identity (no usable structure)"
+    h = np.asarray(h_res, np.float64) @ scale
+    return h / h[2, 2], info

@@ -1,0 +1,159 @@
+"""``refusion-video --ir IR --vis VIS -o OUT.mp4``: fuse infrared and visible video.
+
+Inputs are video files, camera indices (``0``), folders of frames (16-bit thermal frames
+welcome) or one side-by-side video (``--sbs``). See :mod:`refusion.engine.video` for pairing
+and alignment, :mod:`refusion.engine.pipeline` for the threaded pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from refusion.cli._common import cli_entry
+from refusion.engine import BACKENDS, create_backend
+from refusion.engine.pipeline import VideoPipeline
+from refusion.engine.preprocess import FramePreprocessor
+from refusion.engine.video import (
+    Aligner,
+    FrameSource,
+    PairReader,
+    estimate_homography,
+    load_homography,
+    save_homography,
+)
+from refusion.errors import UserError
+from refusion.utils.atomic import atomic_write_text
+
+PROG = "refusion-video"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fuse infrared and visible video into an MP4 (threaded decode -> infer -> "
+        "encode). Frames are paired by timestamp; the infrared frame is resized (or warped by "
+        "--homography) onto the visible frame. Ctrl-C stops and leaves a playable file.",
+    )
+    src = p.add_argument_group("inputs")
+    src.add_argument("--ir", help="infrared video file, camera index or folder of frames")
+    src.add_argument("--vis", help="visible video file, camera index or folder of frames")
+    src.add_argument("--sbs", help="one side-by-side video instead of --ir/--vis")
+    src.add_argument("--sbs-order", choices=("ir-vis", "vis-ir"), default="ir-vis",
+                     help="which half of --sbs is which (default: infrared on the left)")
+    src.add_argument("--fps", type=float, help="frame rate of frame folders (default 30)")
+    p.add_argument("-o", "--output", help="output .mp4")
+    p.add_argument("--weights", default=os.environ.get("REFUSION_WEIGHTS"),
+                   help="checkpoint, .onnx or .plan (default: $REFUSION_WEIGHTS)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="inference backend (default auto: the fastest available)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--max-frames", type=int, help="stop after N output frames")
+    p.add_argument("--batch-size", type=int, default=1, help="frames per inference (default 1)")
+    p.add_argument("--queue", type=int, default=4, help="capacity of each queue (default 4)")
+    p.add_argument("--normalize", choices=("fixed", "minmax"), default="fixed",
+                   help="output scaling: fixed (default, no flicker) or per-frame min-max")
+    p.add_argument("--gray", action="store_true", help="grey output")
+    p.add_argument("--preview", metavar="MP4", help="also write IR | VIS | fused tiles here")
+    al = p.add_argument_group("alignment")
+    al.add_argument("--homography", metavar="FILE",
+                    help="3x3 infrared->visible homography (.json or .npy)")
+    al.add_argument("--estimate-homography", metavar="JSON",
+                    help="estimate a homography from the first --calib-frames pairs, write it "
+                    "here and exit (use it next with --homography)")
+    al.add_argument("--calib-frames", type=int, default=8,
+                    help="frame pairs for --estimate-homography (default 8)")
+    p.add_argument("--stats-json", metavar="FILE", help="write the run's statistics as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _reader(args: argparse.Namespace) -> PairReader:
+    if args.sbs:
+        if args.ir or args.vis:
+            raise UserError("give either --sbs or --ir/--vis, not both")
+        return PairReader(sbs=FrameSource(args.sbs, "sbs", args.fps), sbs_order=args.sbs_order)
+    if not args.ir or not args.vis:
+        raise UserError("both --ir and --vis are required (or one side-by-side video: --sbs)")
+    ir = FrameSource(args.ir, "ir", args.fps)
+    return PairReader(ir, FrameSource(args.vis, "vis", args.fps))
+
+
+def _estimate(args: argparse.Namespace, reader: PairReader) -> int:
+    irs, viss = [], []
+    step = 0
+    while len(irs) < max(1, args.calib_frames):
+        got = reader.read()
+        if got is None:
+            break
+        step += 1
+        if step % 3 == 1:  # spread the calibration frames a little over time
+            irs.append(got[0])
+            viss.append(got[1])
+    reader.release()
+    if not irs:
+        raise UserError("no frame pairs to estimate a homography from")
+    h, info = estimate_homography(irs, viss)
+    save_homography(args.estimate_homography, h, frames=len(irs), **info)
+    print(f"{PROG}: wrote {args.estimate_homography} ({info['method']}, {info['inliers']} "
+          f"inliers of {info['matches']} matches, {len(irs)} frame pairs)", file=sys.stderr)
+    return 0
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    reader = _reader(args)
+    for w in reader.stats.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    if args.estimate_homography:
+        return _estimate(args, reader)
+    if not args.output:
+        reader.release()
+        raise UserError("-o/--output is required")
+    out = Path(args.output)
+    if out.suffix.lower() != ".mp4":
+        reader.release()
+        raise UserError(f"-o {out}: the output must be an .mp4 file")
+    if not args.weights:
+        reader.release()
+        raise UserError("--weights is required (or set REFUSION_WEIGHTS)")
+    for name in ("max_frames", "batch_size", "queue"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    h = load_homography(args.homography) if args.homography else None
+    backend = create_backend(args.backend, args.weights, device=args.device,
+                             spin=False)  # idle ORT threads must not starve decode/encode
+    src = (args.sbs,) if args.sbs else (args.ir, args.vis)
+    print(f"{PROG}: {' + '.join(map(str, src))} -> {out} ({backend.name} on {backend.device}, "
+          f"{reader.vis_size[0]}x{reader.vis_size[1]} at {reader.fps:g} fps)", file=sys.stderr)
+    pipe = VideoPipeline(
+        reader, backend, out, aligner=Aligner(reader.vis_size, h),
+        preprocessor=FramePreprocessor(args.normalize, args.gray), preview=args.preview,
+        max_frames=args.max_frames, batch_size=args.batch_size, queue_size=args.queue,
+        progress=not args.quiet,
+    )
+    try:
+        stats = pipe.run()
+    finally:
+        s = pipe.stats
+        if s.frames:
+            print(f"{PROG}: {'kept' if s.interrupted else 'wrote'} {out}: {s.summary()}",
+                  file=sys.stderr)
+        if args.stats_json:
+            atomic_write_text(args.stats_json, json.dumps(s.as_dict(), indent=2))
+        backend.deactivate()
+    if stats.ended.startswith("end of ir") and reader.frame_count < 0:
+        print(f"{PROG}: warning: the infrared stream ended first", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    # re-import under the package name so that messages say refusion-video, not refusion
+    from refusion.cli.video import main as _main
+
+    sys.exit(_main())

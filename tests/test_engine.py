@@ -1,0 +1,141 @@
+"""Runtime backends: torch / ONNX Runtime parity, batching, auto selection, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_path
+from refusion.engine import available_backends, create_backend
+from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+from refusion.engine.backends.tensorrt_backend import TensorRTBackend, tensorrt_available
+from refusion.engine.backends.torch_backend import TorchBackend
+from refusion.engine.onnx_cache import cached_onnx, export_onnx_file
+
+from refusion.checkpoint import save_checkpoint
+from refusion.errors import UserError
+from refusion.models import FusionConfig, FusionNet
+
+TINY = FusionConfig(dim=8, blocks=1, heads=2)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # exported models go to a per-session folder, never to the user's ~/.cache
+    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> FusionNet:
+    torch.manual_seed(1)
+    net = FusionNet(TINY).eval()
+    # random, not identity-like, norm weights so that parity is tested on a non-trivial net
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tmp_path_factory):
+    return export_onnx_file(tiny, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+def _batch(n, h, w, seed=0):
+    return np.random.default_rng(seed).random((n, 2, h, w), dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 64, 64), (3, 2, 37, 53), (2, 2, 17, 128)])
+def test_torch_onnxruntime_parity(tiny, tiny_onnx, shape):
+    x = _batch(shape[0], shape[2], shape[3])
+    with torch.inference_mode():
+        ref = tiny(torch.from_numpy(x)).numpy()
+    with TorchBackend(tiny, channels_last=True) as tb, OnnxRuntimeBackend(tiny_onnx) as ob:
+        yt, yo = tb.infer(x), ob.infer(x)
+    assert yt.shape == yo.shape == (shape[0], 1, *shape[2:]) and yo.dtype == np.float32
+    assert np.abs(yt - ref).max() < 1e-4
+    assert np.abs(yo - ref).max() < 1e-4
+
+
+def test_baseline_without_native_kernels_matches(tiny):
+    x = _batch(1, 40, 48)
+    with TorchBackend(tiny, native=False, channels_last=False) as base, TorchBackend(tiny) as fast:
+        np.testing.assert_allclose(base.infer(x), fast.infer(x), atol=1e-4)
+
+
+def test_authors_checkpoint_parity_onnxruntime():
+    """The published network through the ONNX path reproduces the authors' raw output."""
+    ref_dir = shared_path("reference")
+    x = np.load(ref_dir / "ivif_tno07_input.npy")
+    raw = np.load(ref_dir / "ivif_tno07_raw.npy")
+    with create_backend("onnxruntime", ref_dir / "ReFusion_IVIF.pth", device="cpu") as be:
+        y = be.infer(x)
+    assert np.abs(y[0, 0] - raw).max() < 1e-4
+
+
+def test_onnx_cache_reuses_and_tracks_weights(tiny, tmp_path):
+    p1 = cached_onnx(tiny, tmp_path)
+    mtime = p1.stat().st_mtime_ns
+    assert cached_onnx(tiny, tmp_path) == p1 and p1.stat().st_mtime_ns == mtime
+    other = FusionNet(TINY)
+    assert cached_onnx(other, tmp_path) != p1
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_create_backend_from_checkpoint_and_auto(tiny, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "t.safetensors", {"fusion": tiny}, task="ivif")
+    x = _batch(2, 24, 40)
+    with create_backend("torch", ckpt, device="cpu") as tb:
+        ref = tb.infer(x)
+    with create_backend("onnxruntime", ckpt, device="cpu") as ob:
+        assert np.abs(ob.infer(x) - ref).max() < 1e-4
+    be = create_backend("auto", ckpt, compile=True, provider="cpu")  # foreign options dropped
+    assert be.name == "onnxruntime" and be.device == "cpu"  # the CPU winner in bench/
+
+
+def test_describe_and_warmup(tiny):
+    be = TorchBackend(tiny, threads=1)
+    be.warmup((1, 2, 16, 16))
+    assert be.is_active and be.describe()["threads"] == 1
+    be.deactivate()
+    assert not be.is_active and "TorchBackend" in repr(be)
+
+
+@pytest.mark.parametrize("case", ["missing", "torch-onnx", "name", "device", "shape", "bad-onnx"])
+def test_backend_errors_are_user_errors(case, tiny_onnx, tmp_path):
+    with pytest.raises(UserError) as info:
+        if case == "missing":
+            create_backend("torch", tmp_path / "nope.safetensors")
+        elif case == "torch-onnx":
+            create_backend("torch", tiny_onnx)
+        elif case == "name":
+            create_backend("openvino", tiny_onnx)
+        elif case == "device":
+            create_backend("onnxruntime", tiny_onnx, device="tpu")
+        elif case == "shape":
+            OnnxRuntimeBackend(tiny_onnx).infer(np.zeros((1, 3, 8, 8), np.float32))
+        else:
+            bad = tmp_path / "bad.onnx"
+            bad.write_bytes(b"garbage")
+            OnnxRuntimeBackend(bad).activate()
+    msg = str(info.value)
+    needle = {"missing": "nope.safetensors", "torch-onnx": "checkpoint", "name": "--backend",
+              "device": "--device", "shape": "(N, 2, H, W)", "bad-onnx": "bad.onnx"}[case]
+    assert needle in msg and "\n" not in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_requests_fail_clearly(tiny_onnx):
+    with pytest.raises(UserError, match="no CUDA device"):
+        create_backend("onnxruntime", tiny_onnx, device="cuda")
+    assert available_backends()["tensorrt"]
+
+
+def test_tensorrt_backend():
+    ok, why = tensorrt_available()
+    if not ok:
+        pytest.skip(f"TensorRT backend not testable here: {why}")
+    plan = shared_path("models", "fusion.plan")  # built by refusion-export on a GPU machine
+    with TensorRTBackend(plan) as be:
+        y = be.infer(_batch(1, 64, 64))
+    assert y.shape == (1, 1, 64, 64)

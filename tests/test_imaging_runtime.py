@@ -1,0 +1,73 @@
+"""The shared pre/post-processing: colour paths, 16-bit mapping, temporal smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from refusion.engine.preprocess import FramePreprocessor, stack_inputs
+
+from refusion.imaging import RangeTracker, panel, prepare_pair, robust_bounds, to_display255
+
+
+def test_16bit_uses_robust_percentiles_not_truncation():
+    rng = np.random.default_rng(0)
+    img = (20000 + rng.integers(0, 2000, (64, 64))).astype(np.uint16)
+    img[0, 0] = 65535  # a hot pixel must not set the scale
+    p = prepare_pair(img, img)
+    assert p.a.min() >= 0.0 and p.a.max() <= 1.0
+    assert p.a.std() > 0.2  # the 2000 used levels spread over the whole range
+    lo, hi = robust_bounds(img)
+    assert 20000 <= lo < hi < 22100
+    # truncating to the low byte would scramble the order; percentile mapping keeps it
+    order = np.argsort(img.ravel()[1:200])
+    assert np.all(np.diff(p.a.ravel()[1:200][order]) >= 0)
+
+
+def test_range_tracker_smooths_bounds():
+    t = RangeTracker(smoothing=0.8)
+    dark = np.full((8, 8), 1000, np.uint16)
+    dark[0] = 2000
+    t(dark)
+    b0 = t.bounds
+    bright = dark + 10000
+    t(bright)
+    assert b0[0] < t.bounds[0] < 11000  # moved towards the new scene, not jumped
+    y = t(bright)
+    assert y.dtype == np.float32 and y.min() >= 0 and y.max() <= 255
+    with pytest.raises(Exception, match="percentiles"):
+        RangeTracker(60, 40)
+
+
+def test_colour_paths_grey_colour_and_both(photo_pair):
+    ir, vis = photo_pair
+    assert prepare_pair(ir, ir).chroma is None  # grey + grey -> grey
+    pc = prepare_pair(ir, vis)
+    assert pc.chroma is not None and pc.chroma.shape == (*ir.shape, 2)  # colour from vis
+    both = prepare_pair(vis, vis)
+    # the authors' epsilon in the weights pulls near-neutral chroma (|C - 0.5| ~ 1e-4) a bit
+    np.testing.assert_allclose(both.chroma, pc.chroma, atol=0.51)
+    three_equal = np.repeat(ir[..., None], 3, axis=2)
+    assert prepare_pair(three_equal, ir).chroma is None  # equal channels count as grey
+    pre = FramePreprocessor(gray=True)
+    pair = pre.pre(ir, vis)
+    assert pair.chroma is None and pre.post(pair.a, pair).ndim == 2
+    batch = stack_inputs([pc, pc])
+    assert batch.shape == (2, 2, *ir.shape) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[1, 1], pc.b)
+
+
+def test_colour_output_round_trip(photo_pair):
+    _, vis = photo_pair
+    pre = FramePreprocessor()
+    pair = pre.pre(vis, vis)
+    out = pre.post(pair.b, pair)  # fusing the luma with itself gives the image back
+    assert out.shape == vis.shape
+    assert np.abs(out.astype(int) - vis.astype(int)).max() <= 2
+
+
+def test_16bit_colour_and_panel():
+    img16 = (np.arange(3 * 16 * 16).reshape(16, 16, 3) * 50).astype(np.uint16)
+    f = to_display255(img16)
+    assert f.dtype == np.float32 and f.max() == pytest.approx(255.0)
+    pn = panel(img16, np.zeros((8, 8), np.uint8), np.zeros((16, 20, 3), np.uint8))
+    assert pn.shape == (16, 16 + 16 + 20, 3) and pn.dtype == np.uint8
