@@ -1,4 +1,4 @@
-"""``refusion``: the umbrella command (``refusion info``; more subcommands join as they land)."""
+"""``refusion``: the umbrella command (``refusion info``, ``refusion demo``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 
+from refusion.cli import demo
 from refusion.cli._common import cli_entry
 
 
@@ -32,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="refusion", description="ReFusion image fusion engine")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and how the native module was built")
+    demo.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
+    if args.command == "demo":
+        return demo.run(args)
     return 2
 
 

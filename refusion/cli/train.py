@@ -1,0 +1,95 @@
+"""``refusion-train``: meta-learn a fusion network with the paper's Algorithm 1.
+
+Examples::
+
+    refusion-train --task ivif --data data/MSRS_train --val data/MSRS_test --out runs/ivif
+    refusion-train --task mfif --data pairs/ schedule.epochs=2 fusion.dim=8
+    refusion-train --resume runs/ivif
+    torchrun --nproc_per_node 4 -m refusion.train --task ivif --data ... --out runs/ivif4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from refusion.cli._common import TASKS, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="refusion-train",
+        description="Meta-learning trainer of ReFusion (Algorithm 1). Settings not given as "
+        "options are key=value overrides of the configuration (e.g. schedule.epochs=2 "
+        "meta.first_order=true fusion.dim=8); see docs/training.md.",
+    )
+    p.add_argument("--task", choices=TASKS, help="task preset (required unless --resume)")
+    p.add_argument("--data", help="training folder (ir/vi, CT|PET|SPECT/MRI, A/B, under/over)")
+    p.add_argument("--a", help="folder of the first sources (instead of --data)")
+    p.add_argument("--b", help="folder of the second sources")
+    p.add_argument("--val", help="validation folder (metrics per epoch, best checkpoint)")
+    p.add_argument("--config", help="YAML file of settings (over the task preset)")
+    p.add_argument("--out", help="run folder (default runs/<task>-<date-time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration as YAML and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
+
+
+def _options(args) -> list[str]:
+    opts = []
+    for flag, key in (("data", "data.root"), ("a", "data.a"), ("b", "data.b"),
+                      ("val", "data.val"), ("device", "device"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            opts.append(f"{key}={value}")
+    return opts
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import yaml
+
+    from refusion.config import to_dict
+    from refusion.errors import UserError
+    from refusion.train.config import build_config
+    from refusion.train.trainer import Trainer, load_run_config
+
+    overrides = _options(args) + list(args.overrides)
+    if args.resume:
+        cfg = load_run_config(args.resume, overrides)
+        run_dir = args.resume
+    else:
+        if not args.task:
+            raise UserError("give --task (one of " + ", ".join(TASKS) + ") or --resume RUN_DIR")
+        cfg = build_config(args.task, args.config, overrides)
+        if args.out:
+            run_dir = args.out
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("give --out RUN_DIR with torchrun (every process needs the same one)")
+        else:
+            run_dir = os.path.join("runs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+    try:
+        result = trainer.fit()
+    finally:
+        from refusion.train.distributed import shutdown
+
+        shutdown()
+    if trainer.dist.is_main:
+        print(f"refusion-train: done, step {result.step}; checkpoint {result.checkpoint}",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Trainer configuration: one dataclass per concern, presets per task in YAML.
+
+Precedence: dataclass defaults (the paper's settings) < the task preset
+``refusion/configs/train/<task>.yaml`` < ``--config FILE`` < ``key.sub=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+
+from refusion.cli._common import TASKS
+from refusion.config import _merge, apply_overrides, from_dict, to_dict
+from refusion.errors import UserError
+from refusion.losses import LossConfig
+from refusion.models import FusionConfig, ProposalConfig, ReconstructionConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs are and how patches are drawn.
+
+    Attributes:
+        root: training folder holding the two modality folders (``ir``/``vi``, ...).
+        a, b: explicit source folders (instead of ``root``).
+        val: optional validation folder (same layouts); empty = no validation.
+        meta_test_fraction: share of the training pairs held out as the meta-testing subset
+            (the rest is the meta-training subset); the fusion steps draw from all pairs.
+        split_seed: seed of that split (independent of the training seed).
+        on_error: ``skip`` (report and drop) or ``fail`` (stop) for unreadable or
+            mismatched pairs; both report the files by name before training starts.
+        flips: random horizontal/vertical flips of the patches.
+        workers: DataLoader worker processes (0 = load in the training process).
+    """
+
+    root: str = ""
+    a: str = ""
+    b: str = ""
+    val: str = ""
+    meta_test_fraction: float = 0.3
+    split_seed: int = 0
+    on_error: Literal["skip", "fail"] = "skip"
+    flips: bool = True
+    workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Adam for F, R and P (the paper: learning rate 1e-4 for all three)."""
+
+    lr_fusion: float = 1e-4
+    lr_reconstruction: float = 1e-4
+    lr_proposal: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class MetaConfig:
+    """The inner (look-ahead) step of Algorithm 1.
+
+    Attributes:
+        inner_lr_fusion: beta_F of Eq. 7 (plain SGD step on theta_F).
+        inner_lr_reconstruction: beta_R of Eq. 8 (plain SGD step on theta_R).
+        first_order: replace the second-order meta-gradient by a first-order approximation
+            (finite-difference Hessian-vector product; see docs/training.md).
+        fd_epsilon: relative step of that finite difference (``eps = fd_epsilon / |u|``).
+    """
+
+    inner_lr_fusion: float = 1e-3
+    inner_lr_reconstruction: float = 1e-3
+    first_order: bool = False
+    fd_epsilon: float = 1e-2
+
+
+@dataclass
+class ScheduleConfig:
+    """Algorithm 1's loop sizes (paper: L = 50, M = 600, N = 1622, batch 4, 128x128 patches)."""
+
+    epochs: int = 50
+    meta_steps: int = 600
+    fusion_steps: int = 1622
+    batch: int = 4
+    patch: int = 128
+    max_steps: int = 0  # stop after this many steps in total (0 = the whole schedule)
+
+
+@dataclass
+class LogConfig:
+    """What is written to the run folder and how often (``every`` counts training steps)."""
+
+    every: int = 50
+    panel_every: int = 500
+    checkpoint_every: int = 1000
+    keep: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ValConfig:
+    """Validation after every epoch (needs ``data.val``)."""
+
+    metrics: tuple[str, ...] = ("EN", "SD", "SF", "AG", "SSIM", "Qabf")
+    best: str = "Qabf"
+    max_pairs: int = 20
+    max_side: int = 512  # larger images are centre-cropped to this side
+
+
+@dataclass
+class AblationConfig:
+    """Table 4 switches. ``loss``: ``learned`` (Algorithm 1) or ``fixed`` (W = V = 1/2, no P,
+    no meta steps). ``fusion``: ``direct`` (F outputs I_f) or ``decision`` (F's output is W_a
+    and I_f = W_a I_a + (1 - W_a) I_b)."""
+
+    loss: Literal["learned", "fixed"] = "learned"
+    fusion: Literal["direct", "decision"] = "direct"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
+
+    task: str = "ivif"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads of torch (0 = torch's default)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    proposal: ProposalConfig = field(default_factory=ProposalConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+
+
+def preset_text(task: str) -> str:
+    """The YAML preset shipped for ``task`` (package data)."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    res = importlib.resources.files("refusion.configs").joinpath("train", f"{task}.yaml")
+    return res.read_text(encoding="utf-8")
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def build_config(
+    task: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Defaults < task preset < ``config_file`` < overrides (``key.sub=value``)."""
+    data = to_dict(TrainConfig())
+    data = _merge(data, yaml.safe_load(preset_text(task)) or {})
+    if config_file:
+        data = _merge(data, _read_yaml(config_file))
+    data = apply_overrides(data, overrides)
+    data["task"] = task
+    cfg = from_dict(TrainConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuild a saved configuration (``config.yaml`` of a run folder)."""
+    cfg = from_dict(TrainConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject settings that would fail later (one line naming the key)."""
+    s = cfg.schedule
+    for key, value in (("schedule.batch", s.batch), ("schedule.patch", s.patch),
+                       ("schedule.epochs", s.epochs), ("log.every", cfg.log.every),
+                       ("log.panel_every", cfg.log.panel_every),
+                       ("log.checkpoint_every", cfg.log.checkpoint_every)):
+        if value < 1:
+            raise UserError(f"config key '{key}' must be >= 1, got {value}")
+    if s.meta_steps < 0 or s.fusion_steps < 1:
+        raise UserError("schedule.meta_steps must be >= 0 and schedule.fusion_steps >= 1")
+    if not 0.0 < cfg.data.meta_test_fraction < 1.0:
+        raise UserError("data.meta_test_fraction must lie strictly between 0 and 1")
+    if cfg.fusion.dim % cfg.fusion.heads:
+        raise UserError("fusion.heads must divide fusion.dim")
+
+
+def steps_per_epoch(cfg: TrainConfig) -> int:
+    """Meta steps (none for the fixed-loss ablation) plus fusion steps."""
+    return meta_steps_per_epoch(cfg) + cfg.schedule.fusion_steps
+
+
+def meta_steps_per_epoch(cfg: TrainConfig) -> int:
+    return 0 if cfg.ablation.loss == "fixed" else cfg.schedule.meta_steps
+
+
+def total_steps(cfg: TrainConfig) -> int:
+    full = cfg.schedule.epochs * steps_per_epoch(cfg)
+    return min(full, cfg.schedule.max_steps) if cfg.schedule.max_steps > 0 else full
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Where a global step falls in Algorithm 1: each epoch is ``meta`` meta steps, then
+    ``per_epoch - meta`` fusion steps. Picklable (DataLoader workers call it)."""
+
+    meta: int
+    per_epoch: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> StepSchedule:
+        return cls(meta_steps_per_epoch(cfg), steps_per_epoch(cfg))
+
+    def epoch(self, step: int) -> int:
+        return step // self.per_epoch
+
+    def __call__(self, step: int) -> bool:
+        """True when ``step`` is a meta step."""
+        return step % self.per_epoch < self.meta
+
+    def epoch_ends(self, step: int) -> bool:
+        """True when ``step`` is the last step of its epoch."""
+        return (step + 1) % self.per_epoch == 0

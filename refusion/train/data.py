@@ -1,0 +1,283 @@
+"""Training data: paired folders, pair checks, the meta split and deterministic patch batches.
+
+Layouts found under ``--data DIR`` (folder names case-insensitive), or one level below it (every
+dataset folder found there is used):
+
+* ``ir`` / ``vi`` (also ``vis``, ``infrared`` / ``visible``): infrared-visible;
+* ``CT`` | ``PET`` | ``SPECT`` / ``MRI``: medical, the functional image first;
+* ``A`` / ``B``: multi-focus; ``under`` / ``over``: multi-exposure;
+* or explicit folders with ``--a DIR --b DIR``.
+
+Pairs are matched by file stem. Every pair is decoded once before training starts: unreadable
+files and pairs of different sizes are reported by name and skipped or fatal
+(``data.on_error``), so nothing fails mid-epoch. Colour becomes luma with OpenCV's YCrCb
+convention (:func:`refusion.imaging.split_luma`); 8- and 16-bit files both map to [0, 1].
+
+Batches are pure functions of ``(seed, stream, step)``: which pairs, where the crops fall and
+which flips apply are drawn from a generator seeded by those three numbers. That makes a resumed
+run draw exactly the batches the uninterrupted run would have drawn, lets DataLoader workers
+prefetch without shared RNG state, and lets each process of a distributed run build the same
+global batch plan and load only its own shard.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from refusion.errors import UserError
+from refusion.imaging import IMAGE_SUFFIXES, read_image, split_luma
+from refusion.train.meta import Batch
+
+# (a names, b names) per layout; the first name is the canonical one.
+LAYOUTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("ir", "infrared"), ("vi", "vis", "visible")),
+    (("ct", "pet", "spect"), ("mri",)),
+    (("a",), ("b",)),
+    (("under",), ("over",)),
+)
+STREAM_META_TRAIN, STREAM_META_TEST, STREAM_FUSION = 1, 2, 3
+
+
+@dataclass
+class Pair:
+    """One source pair on disk."""
+
+    name: str  # "<dataset>/<stem>" or "<stem>"
+    a: Path
+    b: Path
+
+
+@dataclass
+class PairScan:
+    """The pairs found, and what was wrong with the rest (``name: reason`` lines)."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _images_by_stem(folder: Path, scan: PairScan) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in out:
+                scan.problems.append(f"{p}: two files with stem '{p.stem}' in {folder}")
+                continue
+            out[p.stem] = p
+    return out
+
+
+def _find_layouts(root: Path) -> list[tuple[Path, Path]]:
+    subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    found = []
+    for a_names, b_names in LAYOUTS:
+        a_dirs = [subdirs[n] for n in a_names if n in subdirs]
+        b_dirs = [subdirs[n] for n in b_names if n in subdirs]
+        if a_dirs and b_dirs:
+            found.extend((ad, b_dirs[0]) for ad in a_dirs)
+    return found
+
+
+def match_pairs(dir_a: Path, dir_b: Path, prefix: str = "", scan: PairScan | None = None
+                ) -> PairScan:
+    """Pairs of ``dir_a``/``dir_b`` by file stem; unmatched files are listed as problems."""
+    scan = scan or PairScan()
+    for d in (dir_a, dir_b):
+        if not d.is_dir():
+            raise UserError(f"not a folder: {d}")
+    fa, fb = _images_by_stem(dir_a, scan), _images_by_stem(dir_b, scan)
+    for stem in sorted(fa.keys() - fb.keys()):
+        scan.problems.append(f"{fa[stem]}: no file with stem '{stem}' in {dir_b}")
+    for stem in sorted(fb.keys() - fa.keys()):
+        scan.problems.append(f"{fb[stem]}: no file with stem '{stem}' in {dir_a}")
+    for stem in sorted(fa.keys() & fb.keys()):
+        scan.pairs.append(Pair(f"{prefix}{stem}", fa[stem], fb[stem]))
+    return scan
+
+
+def discover_pairs(root: str | Path | None = None, a: str | Path | None = None,
+                   b: str | Path | None = None) -> PairScan:
+    """Find the pairs of a training or validation folder (see the module docstring)."""
+    if a or b:
+        if not (a and b):
+            raise UserError("give both --a and --b (or --data)")
+        return match_pairs(Path(a), Path(b))
+    if not root:
+        raise UserError("no training data: give --data DIR (or --a DIR --b DIR)")
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}")
+    layouts = _find_layouts(root)
+    if len(layouts) > 1:
+        names = ", ".join(f"{x.name}/{y.name}" for x, y in layouts)
+        raise UserError(f"{root} holds several source pairs ({names}); choose with --a and --b")
+    if layouts:
+        return match_pairs(*layouts[0])
+    scan = PairScan()
+    for sub in sorted(d for d in root.iterdir() if d.is_dir()):
+        for da, db in _find_layouts(sub):
+            prefix = f"{sub.name}/" if len(_find_layouts(sub)) == 1 else f"{sub.name}/{da.name}/"
+            match_pairs(da, db, prefix, scan)
+    if not scan.pairs and not scan.problems:
+        raise UserError(
+            f"no paired folders under {root} (expected ir/vi, CT|PET|SPECT/MRI, A/B or "
+            "under/over, there or one level down; or give --a and --b)"
+        )
+    return scan
+
+
+def load_luma(path: Path) -> np.ndarray:
+    """``(H, W)`` float32 luma in [0, 1] of an 8/16-bit grey or colour file."""
+    y, _ = split_luma(read_image(path))
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+@dataclass
+class LoadedPair:
+    name: str
+    a: np.ndarray  # (H, W) float32
+    b: np.ndarray
+
+
+def check_and_load(scan: PairScan, on_error: str, what: str = "training",
+                   progress: bool = False) -> list[LoadedPair]:
+    """Decode every pair once; report unreadable or mismatched pairs by name.
+
+    Returns the good pairs (decoded lumas kept in memory). ``on_error='fail'`` turns any problem
+    into one :class:`UserError`; ``'skip'`` prints them to stderr and goes on.
+    """
+    problems = list(scan.problems)
+    good: list[LoadedPair] = []
+    it = scan.pairs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"checking {what} pairs", leave=False, file=sys.stderr)
+    for pair in it:
+        try:
+            ya, yb = load_luma(pair.a), load_luma(pair.b)
+        except UserError as exc:
+            problems.append(f"{pair.name}: {exc}")
+            continue
+        if ya.shape != yb.shape:
+            problems.append(
+                f"{pair.name}: size mismatch, {pair.a.name} is {ya.shape[1]}x{ya.shape[0]}, "
+                f"{pair.b.name} is {yb.shape[1]}x{yb.shape[0]}"
+            )
+            continue
+        good.append(LoadedPair(pair.name, ya, yb))
+    if problems:
+        head = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5
+                                          else "")
+        if on_error == "fail":
+            raise UserError(f"{len(problems)} problem(s) in the {what} data: {head}")
+        print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s): {head}",
+              file=sys.stderr)
+    if not good:
+        raise UserError(f"no usable {what} pairs")
+    return good
+
+
+def split_meta(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)`` into (meta-training, meta-testing) index lists.
+
+    With a single pair both subsets are that pair (nothing else is possible).
+    """
+    if n == 1:
+        return [0], [0]
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    n_test = min(n - 1, max(1, round(fraction * n)))
+    return sorted(perm[n_test:]), sorted(perm[:n_test])
+
+
+def crop_patch(img: np.ndarray, size: int, uy: float, ux: float) -> np.ndarray:
+    """A ``size x size`` window at relative offsets ``uy, ux`` in [0, 1); images smaller than
+    the window are first extended by mirroring (``symmetric``, valid for any size)."""
+    h, w = img.shape
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        img = np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
+        while img.shape[0] < size or img.shape[1] < size:  # tiny images: mirror again
+            ph, pw = max(0, size - img.shape[0]), max(0, size - img.shape[1])
+            img = np.pad(img, ((0, min(ph, img.shape[0])), (0, min(pw, img.shape[1]))),
+                         mode="symmetric")
+        h, w = img.shape
+    y0, x0 = int(uy * (h - size + 1)), int(ux * (w - size + 1))
+    return img[y0:y0 + size, x0:x0 + size]
+
+
+def batch_plan(pool: list[int], batch: int, seed: int, stream: int, step: int) -> np.ndarray:
+    """Rows ``(pair index, uy, ux, flip_h, flip_v)`` of the global batch of one step."""
+    rng = np.random.default_rng([seed, stream, step])
+    idx = rng.integers(0, len(pool), size=batch)
+    u = rng.random((batch, 2))
+    flips = rng.random((batch, 2)) < 0.5
+    return np.column_stack([np.asarray(pool)[idx], u, flips])
+
+
+def make_batch(pairs: list[LoadedPair], plan: np.ndarray, size: int, flips: bool) -> Batch:
+    """Load the rows of a plan into a :class:`Batch` of ``(len(plan), 1, size, size)``."""
+    xa, xb = [], []
+    for row in plan:
+        pair = pairs[int(row[0])]
+        pa, pb = (crop_patch(im, size, row[1], row[2]) for im in (pair.a, pair.b))
+        if flips and row[3]:
+            pa, pb = pa[:, ::-1], pb[:, ::-1]
+        if flips and row[4]:
+            pa, pb = pa[::-1], pb[::-1]
+        xa.append(np.ascontiguousarray(pa))
+        xb.append(np.ascontiguousarray(pb))
+    return Batch(torch.from_numpy(np.stack(xa))[:, None], torch.from_numpy(np.stack(xb))[:, None])
+
+
+class StepBatches(Dataset):
+    """Map-style dataset over *training steps*: item ``s`` is what step ``s`` consumes.
+
+    A meta step gets ``{"train": Batch, "test": Batch}`` and a fusion step
+    ``{"fusion": Batch}``, each this process's shard ``[rank*b:(rank+1)*b]`` of a global batch
+    of ``batch * world`` rows.
+
+    Args:
+        pairs: decoded pairs; meta_train, meta_test: index lists of the meta split.
+        is_meta: ``is_meta(step) -> bool`` from the schedule.
+        batch: per-process batch; world, rank: distributed layout.
+    """
+
+    def __init__(self, pairs: list[LoadedPair], meta_train: list[int], meta_test: list[int],
+                 is_meta, *, batch: int, patch: int, flips: bool, seed: int, total: int,
+                 world: int = 1, rank: int = 0) -> None:
+        self.pairs, self.meta_train, self.meta_test = pairs, meta_train, meta_test
+        self.all = list(range(len(pairs)))
+        self.is_meta, self.batch, self.patch, self.flips = is_meta, batch, patch, flips
+        self.seed, self.total, self.world, self.rank = seed, total, world, rank
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _shard(self, pool: list[int], stream: int, step: int) -> Batch:
+        plan = batch_plan(pool, self.batch * self.world, self.seed, stream, step)
+        mine = plan[self.rank * self.batch:(self.rank + 1) * self.batch]
+        return make_batch(self.pairs, mine, self.patch, self.flips)
+
+    def __getitem__(self, step: int) -> dict[str, Batch]:
+        if self.is_meta(step):
+            return {"train": self._shard(self.meta_train, STREAM_META_TRAIN, step),
+                    "test": self._shard(self.meta_test, STREAM_META_TEST, step)}
+        return {"fusion": self._shard(self.all, STREAM_FUSION, step)}
+
+
+def centre_crop(img: np.ndarray, max_side: int) -> np.ndarray:
+    """At most ``max_side x max_side`` from the centre (validation of large images stays fast)."""
+    h, w = img.shape
+    y0, x0 = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    return img[y0:y0 + max_side, x0:x0 + max_side]
+
+
+def collate_single(item):
+    """DataLoader ``collate_fn`` for items that already are batches."""
+    return item

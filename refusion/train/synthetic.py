@@ -1,0 +1,110 @@
+"""Generated source pairs from scikit-image's bundled photographs (nothing is downloaded).
+
+* Multi-focus: a random smooth region mask ``M``; source a is sharp inside ``M`` and
+  Gaussian-blurred outside, source b the opposite. The photo is the all-in-focus reference.
+* Multi-exposure: source a under-exposed (gain < 1, gamma > 1), source b over-exposed
+  (gain > 1, gamma < 1), both clipped to [0, 1] so that each loses the detail the other keeps.
+
+All images are luma in [0, 1] (OpenCV YCrCb convention for the colour photographs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Bundled with scikit-image (no pooch download). Held-out photos are never used for training.
+TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+                "hubble_deep_field", "brick", "grass", "gravel", "clock")
+TEST_PHOTOS = ("camera", "coins", "moon")
+
+
+@dataclass
+class SynthPair:
+    """A generated pair with its reference (all ``(H, W)`` float32 in [0, 1])."""
+
+    name: str
+    a: np.ndarray
+    b: np.ndarray
+    reference: np.ndarray
+    mask: np.ndarray  # 1 where source a holds the better content (in focus / well exposed)
+
+
+def photo(name: str, side: int = 256) -> np.ndarray:
+    """A bundled photograph as luma in [0, 1], resized so that its short side is ``side``."""
+    from skimage import data
+
+    img = np.asarray(getattr(data, name)())
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.ndim == 3:
+        img = cv2.cvtColor(np.ascontiguousarray(img[..., :3][..., ::-1]), cv2.COLOR_BGR2YCrCb)[
+            ..., 0]
+    img = img.astype(np.float32) / 255.0
+    h, w = img.shape
+    s = side / min(h, w)
+    return cv2.resize(img, (max(side, round(w * s)), max(side, round(h * s))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def available_photos(names: tuple[str, ...]) -> list[str]:
+    """The names that load on this machine (older scikit-image versions lack some)."""
+    from skimage import data
+
+    out = []
+    for n in names:
+        try:
+            getattr(data, n)()
+        except Exception:  # noqa: BLE001 - a missing or undownloadable photo is just skipped
+            continue
+        out.append(n)
+    return out
+
+
+def random_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth random region covering roughly half the image (float32 0/1)."""
+    h, w = shape
+    noise = rng.standard_normal((max(2, h // 32), max(2, w // 32))).astype(np.float32)
+    field = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
+    field = cv2.GaussianBlur(field, (0, 0), max(h, w) / 16)
+    return (field > np.median(field)).astype(np.float32)
+
+
+def multifocus_pair(img: np.ndarray, rng: np.random.Generator, name: str = "") -> SynthPair:
+    """Sharp/blurred complementary regions of one photo (blur sigma drawn in [1.5, 3])."""
+    mask = random_mask(img.shape, rng)
+    blurred = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(1.5, 3.0)))
+    a = mask * img + (1 - mask) * blurred
+    b = (1 - mask) * img + mask * blurred
+    return SynthPair(name, a.astype(np.float32), b.astype(np.float32), img, mask)
+
+
+def multiexposure_pair(img: np.ndarray, rng: np.random.Generator, name: str = "") -> SynthPair:
+    """Under- and over-exposed versions of one photo (both clipped)."""
+    under = np.clip(rng.uniform(0.35, 0.55) * img ** rng.uniform(1.4, 2.0), 0, 1)
+    over = np.clip(rng.uniform(1.6, 2.2) * img ** rng.uniform(0.5, 0.7), 0, 1)
+    mask = (img < 0.5).astype(np.float32)  # dark regions: the over-exposed source is better
+    return SynthPair(name, under.astype(np.float32), over.astype(np.float32), img, 1 - mask)
+
+
+def make_pairs(task: str, photos: list[str], per_photo: int, seed: int, side: int = 256
+               ) -> list[SynthPair]:
+    """``per_photo`` generated pairs of each photo (``task``: ``mfif`` or ``meif``)."""
+    rng = np.random.default_rng(seed)
+    gen = multifocus_pair if task == "mfif" else multiexposure_pair
+    return [gen(photo(n, side), rng, f"{n}_{i}") for n in photos for i in range(per_photo)]
+
+
+def write_pairs(pairs: list[SynthPair], root, task: str) -> None:
+    """Write pairs as 8-bit PNGs in the task's layout (``A``/``B`` or ``under``/``over``)."""
+    from pathlib import Path
+
+    da, db = ("A", "B") if task == "mfif" else ("under", "over")
+    for d in (da, db):
+        (Path(root) / d).mkdir(parents=True, exist_ok=True)
+    for p in pairs:
+        for d, x in ((da, p.a), (db, p.b)):
+            cv2.imwrite(str(Path(root) / d / f"{p.name}.png"),
+                        np.clip(np.round(x * 255), 0, 255).astype(np.uint8))

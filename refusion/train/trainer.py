@@ -1,0 +1,457 @@
+"""The training loop of Algorithm 1: schedule, checkpoints and resume, signals, NaN guard.
+
+Run folder::
+
+    RUN_DIR/config.yaml                  the full configuration (resume reads it back)
+    RUN_DIR/metrics.csv                  training scalars; validation.csv per epoch
+    RUN_DIR/panels/step_XXXXXXXX.png     sources, fused, reconstructions, W_a, V_a
+    RUN_DIR/checkpoints/step_XXXXXXXX.safetensors   weights (refusion checkpoint format)
+    RUN_DIR/checkpoints/step_XXXXXXXX.state.pt      optimizer and RNG states (tensors only)
+    RUN_DIR/checkpoints/latest           the step of the newest complete pair of the two
+    RUN_DIR/best.safetensors, final.safetensors
+
+Both files of a checkpoint are written atomically, then ``latest`` is replaced atomically: a
+crash at any moment leaves the previous checkpoint usable. The state file holds only tensors
+and plain containers and is read with ``torch.load(weights_only=True)``.
+
+Determinism: batches are functions of (seed, step) (see :mod:`refusion.train.data`) and the
+networks have no dropout, so on the CPU a run resumed from step k ends with the same weights
+as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from refusion.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
+from refusion.config import to_dict
+from refusion.errors import UserError
+from refusion.models import FusionNet, ProposalNet, ReconstructionNet, fixed_weights
+from refusion.train import distributed as D
+from refusion.train import meta
+from refusion.train.ablation import DecisionFusionNet
+from refusion.train.config import StepSchedule, TrainConfig, config_from_dict, total_steps
+from refusion.train.data import (
+    StepBatches,
+    centre_crop,
+    check_and_load,
+    collate_single,
+    discover_pairs,
+    split_meta,
+)
+from refusion.train.logging import ScalarLog, write_panel
+from refusion.utils.atomic import atomic_path, atomic_write_text
+
+LOWER_IS_BETTER = {"MSE", "Nabf"}
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; the run stopped without saving the bad weights."""
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    best: dict | None
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The configuration saved in a run folder, with ``key.sub=value`` overrides on top."""
+    from refusion.config import apply_overrides
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a refusion-train run folder (no config.yaml)")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path, Path] | None:
+    """``(step, weights, state)`` of the newest complete checkpoint, or None."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    try:
+        step = int(pointer.read_text().strip())
+    except ValueError:
+        raise UserError(f"{pointer} is corrupt") from None
+    w, s = _ckpt_paths(Path(run_dir), step)
+    if not (w.is_file() and s.is_file()):
+        raise UserError(f"{pointer} names step {step} but its files are missing")
+    return step, w, s
+
+
+def _ckpt_paths(run_dir: Path, step: int) -> tuple[Path, Path]:
+    base = run_dir / "checkpoints" / f"step_{step:08d}"
+    return base.with_suffix(".safetensors"), base.with_suffix(".state.pt")
+
+
+class Trainer:
+    """Algorithm 1 on one process or as one rank of a torchrun group.
+
+    Args:
+        cfg: the configuration (``refusion.train.config.build_config``).
+        run_dir: output folder (created); with ``resume=True`` it must hold a checkpoint.
+        resume: continue from the newest checkpoint of ``run_dir``.
+        quiet: no progress bar or notes (tests).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+                 quiet: bool = False) -> None:
+        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        probe = resolve_device(cfg.device)
+        self.dist = D.init_from_env(probe.type)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        self.schedule = StepSchedule.of(cfg)
+        self.total = total_steps(cfg)
+        self.learned = cfg.ablation.loss == "learned"
+        self._stop = False
+        self.step = 0
+        self.best: dict | None = None
+
+        torch.manual_seed(cfg.seed)
+        net_cls = DecisionFusionNet if cfg.ablation.fusion == "decision" else FusionNet
+        self.fusion = net_cls(cfg.fusion).to(self.device)
+        self.proposal = ProposalNet(cfg.proposal).to(self.device) if self.learned else None
+        self.recon = ReconstructionNet(cfg.reconstruction).to(self.device)
+        D.broadcast_modules(self.modules, self.dist)
+        o, betas = cfg.optim, tuple(cfg.optim.betas)
+        self.opt_f = torch.optim.Adam(self.fusion.parameters(), o.lr_fusion, betas,
+                                      weight_decay=o.weight_decay)
+        self.opt_r = torch.optim.Adam(self.recon.parameters(), o.lr_reconstruction, betas,
+                                      weight_decay=o.weight_decay)
+        self.opt_p = (torch.optim.Adam(self.proposal.parameters(), o.lr_proposal, betas,
+                                       weight_decay=o.weight_decay) if self.learned else None)
+
+        if resume:
+            self._resume()
+        elif self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if latest_checkpoint(self.run_dir) is not None:
+                raise UserError(f"{self.run_dir} already holds a run; use --resume "
+                                f"{self.run_dir} or choose another --out")
+            save_run_config(self.run_dir, cfg)
+        D.barrier(self.dist)
+        self._load_data()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.fusion, self.proposal, self.recon) if m is not None]
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        nets = {"fusion": self.fusion, "reconstruction": self.recon}
+        if self.proposal is not None:
+            nets["proposal"] = self.proposal
+        return nets
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"fusion": self.opt_f, "reconstruction": self.opt_r}
+        if self.opt_p is not None:
+            opts["proposal"] = self.opt_p
+        return opts
+
+    def _note(self, msg: str) -> None:
+        if not self.quiet and self.dist.is_main:
+            print(f"refusion-train: {msg}", file=sys.stderr)
+
+    def _load_data(self) -> None:
+        d = self.cfg.data
+        show = not self.quiet and self.dist.is_main and self.cfg.log.progress
+        scan = discover_pairs(d.root, d.a or None, d.b or None)
+        self.pairs = check_and_load(scan, d.on_error, "training", progress=show)
+        self.meta_train, self.meta_test = split_meta(len(self.pairs), d.meta_test_fraction,
+                                                     d.split_seed)
+        self._note(f"{len(self.pairs)} training pairs ({len(self.meta_train)} meta-training, "
+                   f"{len(self.meta_test)} meta-testing)")
+        self.val_pairs = []
+        if d.val:
+            vscan = discover_pairs(d.val)
+            vscan.pairs = vscan.pairs[: self.cfg.val.max_pairs]
+            self.val_pairs = check_and_load(vscan, d.on_error, "validation", progress=show)
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Write the checkpoint of the current step (main process only; atomic)."""
+        weights, state = _ckpt_paths(self.run_dir, self.step)
+        if self.dist.is_main:
+            save_checkpoint(weights, self.networks, task=self.cfg.task, step=self.step,
+                            extra=self._extra())
+            blob = {
+                "step": self.step,
+                "optim": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "rng": {"torch": torch.get_rng_state()},
+                "best": self.best or {},
+            }
+            if torch.cuda.is_available():
+                blob["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            with atomic_path(state) as tmp:
+                torch.save(blob, tmp)
+            atomic_write_text(self.run_dir / "checkpoints" / "latest", f"{self.step}\n")
+            self._prune()
+        D.barrier(self.dist)
+        return weights
+
+    def _extra(self) -> dict:
+        return {"ablation": to_dict(self.cfg.ablation), "epoch": self.schedule.epoch(self.step),
+                "seed": self.cfg.seed}
+
+    def _prune(self) -> None:
+        ckpts = sorted((self.run_dir / "checkpoints").glob("step_*.safetensors"))
+        for old in ckpts[: max(0, len(ckpts) - self.cfg.log.keep)]:
+            old.unlink(missing_ok=True)
+            old.with_suffix("").with_suffix(".state.pt").unlink(missing_ok=True)
+
+    def _resume(self) -> None:
+        found = latest_checkpoint(self.run_dir)
+        if found is None:
+            raise UserError(f"{self.run_dir} holds no checkpoint to resume from")
+        step, weights, state = found
+        ckpt = read_checkpoint(weights)
+        for name, module in self.networks.items():
+            if name not in ckpt.tensors:
+                raise UserError(f"{weights} holds no {name} network")
+            load_state_checked(module, ckpt.tensors[name], f"checkpoint {weights}")
+        try:
+            blob = torch.load(state, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing line
+            raise UserError(f"cannot read training state {state}: {exc}") from None
+        if int(blob.get("step", -1)) != step:
+            raise UserError(f"{state} is for step {blob.get('step')}, expected {step}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(blob["optim"][name])
+        torch.set_rng_state(blob["rng"]["torch"])
+        if "cuda" in blob["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        self.best = blob.get("best") or None
+        self.step = step
+        self._note(f"resuming {self.run_dir} at step {step}")
+
+    # -------------------------------------------------------------- one step
+    def _meta_step(self, batch: dict) -> dict:
+        c = self.cfg
+        train, test = batch["train"].to(self.device), batch["test"].to(self.device)
+        out = meta.meta_step(
+            self.fusion, self.proposal, self.recon, train, test,
+            inner_lr_fusion=c.meta.inner_lr_fusion,
+            inner_lr_reconstruction=c.meta.inner_lr_reconstruction,
+            alpha1=c.loss.alpha1, alpha2=c.loss.alpha2, first_order=c.meta.first_order,
+            fd_epsilon=c.meta.fd_epsilon,
+            reduce=lambda g: D.mean_grads(g, self.dist),
+            reduce_differentiable=lambda g: D.mean_grads_differentiable(g, self.dist),
+        )
+        row = {"phase": "meta", "outer": float(out.outer), "inner_fusion": float(out.inner_fusion),
+               "inner_reconstruction": float(out.inner_reconstruction),
+               "w_a": float(out.w_a), "v_a": float(out.v_a)}
+        finite = math.isfinite(row["outer"]) and all(
+            bool(torch.isfinite(g).all()) for g in out.grads.values())
+        self._guard(finite, "meta")
+        for name, p in self.proposal.named_parameters():
+            p.grad = out.grads[name]
+        self.opt_p.step()
+        self.opt_p.zero_grad(set_to_none=True)
+        return row
+
+    def _fusion_step(self, batch: dict) -> dict:
+        c = self.cfg
+        b = batch["fusion"].to(self.device)
+        out = meta.fusion_step_losses(self.fusion, self.proposal, self.recon, b,
+                                      alpha1=c.loss.alpha1, alpha2=c.loss.alpha2)
+        self.opt_f.zero_grad(set_to_none=True)
+        self.opt_r.zero_grad(set_to_none=True)
+        # F's parameters appear only in L_f and R's only in L_r (fused is detached), so one
+        # backward of the sum gives Eq. 11's and Eq. 12's gradients separately.
+        (out.fusion.total + out.reconstruction.total).backward()
+        D.sync_module_grads([self.fusion, self.recon], self.dist)
+        row = {"phase": "fusion", "fusion": float(out.fusion.total.detach()),
+               "fusion_int": float(out.fusion.intensity.detach()),
+               "fusion_grad": float(out.fusion.gradient.detach()),
+               "reconstruction": float(out.reconstruction.total.detach()),
+               "w_a": float(out.weights.w_a.mean()), "v_a": float(out.weights.v_a.mean())}
+        finite = math.isfinite(row["fusion"]) and math.isfinite(row["reconstruction"])
+        self._guard(finite, "fusion")
+        self.opt_f.step()
+        self.opt_r.step()
+        return row
+
+    def _guard(self, finite: bool, phase: str) -> None:
+        if D.any_flag(not finite, self.dist, self.device):
+            found = latest_checkpoint(self.run_dir)
+            where = (f"the last good checkpoint is {found[1]} (step {found[0]})" if found
+                     else "no checkpoint was written yet")
+            raise TrainingDiverged(
+                f"loss became NaN/inf at step {self.step} ({phase} step, epoch "
+                f"{self.schedule.epoch(self.step)}); stopped without saving; {where} "
+                f"(resume with --resume {self.run_dir}, e.g. with a lower learning rate)"
+            )
+
+    @torch.no_grad()
+    def _panel(self, batch: dict) -> None:
+        b = (batch.get("fusion") or batch["train"]).to(self.device)
+        fused = meta.fuse(self.fusion, None, b.a[:1], b.b[:1])
+        rec_a, rec_b = self.recon(fused)
+        w = (self.proposal(b.a[:1], b.b[:1]) if self.proposal is not None
+             else fixed_weights(b.a[:1]))
+        write_panel(self.run_dir / "panels" / f"step_{self.step:08d}.png", b.a, b.b, fused,
+                    rec_a, rec_b, w.w_a, w.v_a)
+
+    # ------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean metrics of F on the validation pairs (centre crops of ``val.max_side``)."""
+        from refusion.metrics import compute_suite
+
+        sums: dict[str, float] = {}
+        self.fusion.eval()
+        for pair in self.val_pairs:
+            a = centre_crop(pair.a, self.cfg.val.max_side)
+            b = centre_crop(pair.b, self.cfg.val.max_side)
+            ta = torch.from_numpy(np.ascontiguousarray(a))[None, None].to(self.device)
+            tb = torch.from_numpy(np.ascontiguousarray(b))[None, None].to(self.device)
+            f = meta.fuse(self.fusion, None, ta, tb)[0, 0].float().cpu().numpy()
+            vals = compute_suite(a.astype(np.float64) * 255.0, b.astype(np.float64) * 255.0,
+                                 np.clip(f.astype(np.float64), 0, 1) * 255.0,
+                                 metrics=self.cfg.val.metrics)
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.fusion.train()
+        return {k: v / len(self.val_pairs) for k, v in sums.items()}
+
+    def _end_of_epoch(self, log: ScalarLog | None) -> None:
+        if not self.val_pairs or not self.dist.is_main:
+            D.barrier(self.dist)
+            return
+        vals = self.validate()
+        epoch = self.schedule.epoch(self.step - 1)
+        if log is not None:
+            log.validation(self.step, epoch, vals)
+        key = self.cfg.val.best
+        if key in vals and math.isfinite(vals[key]):
+            sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+            if self.best is None or sign * vals[key] > sign * self.best["value"]:
+                self.best = {"metric": key, "value": vals[key], "step": self.step}
+                save_checkpoint(self.run_dir / "best.safetensors", self.networks,
+                                task=self.cfg.task, step=self.step,
+                                extra={**self._extra(), "validation": vals})
+        self._note("validation " + ", ".join(f"{k} {v:.4g}" for k, v in vals.items()))
+        D.barrier(self.dist)
+
+    # ------------------------------------------------------------------- loop
+    def request_stop(self) -> None:
+        """Finish the current step, save a checkpoint, then raise KeyboardInterrupt."""
+        self._stop = True
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
+        if self._stop:  # a second Ctrl-C: leave at once
+            raise KeyboardInterrupt
+        self._note("interrupt: finishing this step and saving a checkpoint "
+                   "(Ctrl-C again to quit without saving)")
+        self._stop = True
+
+    def fit(self, on_step=None) -> TrainResult:
+        """Run until the schedule (or ``schedule.max_steps``) ends.
+
+        Args:
+            on_step: optional ``on_step(trainer, row)`` called after each step (tests, demo).
+
+        Raises:
+            KeyboardInterrupt: after Ctrl-C (a checkpoint of the last finished step is saved).
+            TrainingDiverged: on a NaN/inf loss (nothing saved after the last good checkpoint).
+        """
+        c = self.cfg
+        world, rank = self.dist.world, self.dist.rank
+        data = StepBatches(self.pairs, self.meta_train, self.meta_test, self.schedule,
+                           batch=c.schedule.batch, patch=c.schedule.patch, flips=c.data.flips,
+                           seed=c.seed, total=self.total, world=world, rank=rank)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=None, sampler=range(self.step, self.total),
+            num_workers=c.data.workers, collate_fn=collate_single,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        log = (ScalarLog(self.run_dir, c.log.tensorboard and not self.quiet,
+                         resume_step=self.step) if self.dist.is_main else None)
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        bar = None
+        if self.dist.is_main and c.log.progress and not self.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total, initial=self.step, desc="train", dynamic_ncols=True,
+                       file=sys.stderr)
+        last_saved: Path | None = None
+        try:
+            for batch in loader:
+                is_meta = self.schedule(self.step)
+                row = self._meta_step(batch) if is_meta else self._fusion_step(batch)
+                row["epoch"] = self.schedule.epoch(self.step)
+                done = self.step
+                self.step += 1
+                if log is not None and (done % c.log.every == 0 or self.step == self.total):
+                    log.scalars(done, row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(_postfix(row), refresh=False)
+                if self.dist.is_main and done % c.log.panel_every == 0:
+                    self._panel(batch)
+                if on_step is not None:
+                    on_step(self, row)
+                if self.schedule.epoch_ends(done) or self.step == self.total:
+                    self._end_of_epoch(log)
+                stop = D.any_flag(self._stop, self.dist, self.device)
+                if self.step % c.log.checkpoint_every == 0 or self.step == self.total or stop:
+                    last_saved = self.save()
+                if stop:
+                    self._note(f"stopped at step {self.step}; checkpoint {last_saved}")
+                    raise KeyboardInterrupt
+            if self.dist.is_main and self.step == self.total and last_saved is not None:
+                save_checkpoint(self.run_dir / "final.safetensors", self.networks,
+                                task=c.task, step=self.step, extra=self._extra())
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+        return TrainResult(self.run_dir, self.step, last_saved, self.best)
+
+
+def _postfix(row: dict) -> dict[str, str]:
+    keys = (("outer", "L_out"), ("fusion", "L_f"), ("reconstruction", "L_r"), ("w_a", "W_a"),
+            ("v_a", "V_a"))
+    return {short: f"{row[k]:.4f}" for k, short in keys if k in row}

@@ -1,0 +1,215 @@
+"""The training loop: resume determinism, NaN stop, Ctrl-C, atomic checkpoints, P learning,
+ablations, CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from refusion.checkpoint import read_checkpoint
+from refusion.train import Trainer, TrainingDiverged, build_config, meta
+from refusion.train.ablation import DecisionFusionNet
+from refusion.train.synthetic import make_pairs, write_pairs
+from refusion.train.trainer import latest_checkpoint
+
+TINY = [
+    "schedule.epochs=2", "schedule.meta_steps=2", "schedule.fusion_steps=3", "schedule.patch=16",
+    "schedule.batch=2", "fusion.dim=4", "fusion.blocks=1", "fusion.heads=2",
+    "fusion.afm_expansion=1", "proposal.width=4", "reconstruction.width=4",
+    "log.every=1", "log.panel_every=4", "log.checkpoint_every=3", "log.progress=false",
+    "log.tensorboard=false",
+    "optim.lr_proposal=1e-2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread avoids OpenMP spin-waiting on busy CI cores (10-50x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mf_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mf")
+    write_pairs(make_pairs("mfif", ["camera", "coins"], 2, 0, side=48), root, "mfif")
+    return root
+
+
+def _cfg(root: Path, *extra: str):
+    return build_config("mfif", None, [f"data.root={root}", *TINY, *extra])
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.detach().clone() for n, m in trainer.networks.items()
+            for k, v in m.state_dict().items()}
+
+
+def test_resume_is_bit_identical(mf_data, tmp_path):
+    full = Trainer(_cfg(mf_data), tmp_path / "full", quiet=True)
+    full.fit()
+    assert full.step == 10
+    part = Trainer(_cfg(mf_data, "schedule.max_steps=5"), tmp_path / "part", quiet=True)
+    part.fit()
+    assert part.step == 5
+    resumed = Trainer(_cfg(mf_data), tmp_path / "part", resume=True, quiet=True)
+    assert resumed.step == 5
+    resumed.fit()
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(10))  # no duplicated rows
+    assert (tmp_path / "part" / "final.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "full" / "panels").iterdir())
+
+
+def test_p_changes_and_checkpoints_are_complete(mf_data, tmp_path):
+    tr = Trainer(_cfg(mf_data), tmp_path / "run", quiet=True)
+    before = {k: v.clone() for k, v in tr.proposal.state_dict().items()}
+    tr.fit()
+    after = tr.proposal.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    step, w, s = latest_checkpoint(tmp_path / "run")
+    assert step == 10
+    ck = read_checkpoint(w)
+    assert set(ck.tensors) == {"fusion", "proposal", "reconstruction"}
+    state = torch.load(s, weights_only=True)
+    assert state["step"] == 10 and set(state["optim"]) == {"fusion", "proposal", "reconstruction"}
+    leftovers = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.startswith(".")]
+    assert leftovers == []
+    assert len(list((tmp_path / "run" / "checkpoints").glob("step_*.safetensors"))) == 2  # keep
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(mf_data, tmp_path, monkeypatch):
+    tr = Trainer(_cfg(mf_data), tmp_path / "run", quiet=True)
+    real_save = torch.save
+
+    def flaky(obj, f, *a, **k):
+        if obj["step"] >= 6:
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr("refusion.train.trainer.torch.save", flaky)
+    with pytest.raises(OSError):
+        tr.fit()
+    step, w, s = latest_checkpoint(tmp_path / "run")
+    assert step == 3 and w.is_file() and s.is_file()
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(mf_data, tmp_path, monkeypatch):
+    real = meta.fusion_step_losses
+
+    def poisoned(*args, **kw):
+        out = real(*args, **kw)
+        if tr.step >= 7:
+            out.fusion.total.data.fill_(math.nan)
+        return out
+
+    monkeypatch.setattr(meta, "fusion_step_losses", poisoned)
+    tr = Trainer(_cfg(mf_data), tmp_path / "run", quiet=True)
+    with pytest.raises(TrainingDiverged, match="NaN/inf at step 7.*step_00000006"):
+        tr.fit()
+    step, w, _ = latest_checkpoint(tmp_path / "run")
+    assert step == 6
+    for v in read_checkpoint(w).tensors["fusion"].values():
+        assert torch.isfinite(v).all()
+
+
+def test_sigint_saves_a_checkpoint_then_stops(mf_data, tmp_path):
+    def on_step(trainer, row):
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler only sets a flag
+
+    tr = Trainer(_cfg(mf_data), tmp_path / "run", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(on_step)
+    assert latest_checkpoint(tmp_path / "run")[0] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    resumed = Trainer(_cfg(mf_data), tmp_path / "run", resume=True, quiet=True)
+    assert resumed.fit().step == 10
+
+
+def test_fixed_loss_ablation_has_no_p(mf_data, tmp_path):
+    tr = Trainer(_cfg(mf_data, "ablation.loss=fixed"), tmp_path / "run", quiet=True)
+    assert tr.proposal is None
+    phases = []
+    tr.fit(lambda t, row: phases.append(row))
+    assert {r["phase"] for r in phases} == {"fusion"} and len(phases) == 6
+    assert all(r["w_a"] == 0.5 and r["v_a"] == 0.5 for r in phases)
+    ck = read_checkpoint(latest_checkpoint(tmp_path / "run")[1])
+    assert "proposal" not in ck.tensors
+    assert ck.extra["ablation"]["loss"] == "fixed"
+
+
+def test_decision_fusion_is_a_convex_combination():
+    from refusion.models import FusionConfig
+
+    net = DecisionFusionNet(FusionConfig(dim=4, blocks=1, heads=2))
+    a, b = torch.rand(2, 1, 12, 12), torch.rand(2, 1, 12, 12)
+    x = torch.cat([a, b], 1)
+    w = net.decision(x)
+    f = net(x)
+    torch.testing.assert_close(f, w * a + (1 - w) * b)
+    assert ((f >= torch.minimum(a, b) - 1e-6) & (f <= torch.maximum(a, b) + 1e-6)).all()
+
+
+def test_decision_ablation_trains(mf_data, tmp_path):
+    tr = Trainer(_cfg(mf_data, "ablation.fusion=decision", "schedule.max_steps=4"),
+                 tmp_path / "run", quiet=True)
+    assert isinstance(tr.fusion, DecisionFusionNet)
+    assert tr.fit().step == 4
+
+
+def test_cli_trains_and_resumes(mf_data, tmp_path, capsys):
+    from refusion.cli.train import main
+
+    out = tmp_path / "cli"
+    args = ["--task", "mfif", "--data", str(mf_data), "--out", str(out), *TINY,
+            "schedule.max_steps=3"]
+    assert main(args) == 0
+    assert main(["--resume", str(out), "schedule.max_steps=4"]) == 0
+    assert latest_checkpoint(out)[0] == 4
+    with pytest.raises(SystemExit) as exc:
+        main(["--task", "mfif", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "data folder not found" in capsys.readouterr().err
+
+
+def test_cli_print_config_shows_the_paper_defaults(capsys):
+    from refusion.cli.train import main
+
+    assert main(["--task", "ivif", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    for s in ("epochs: 50", "meta_steps: 600", "fusion_steps: 1622", "batch: 4", "patch: 128"):
+        assert s in text
+
+
+def test_unknown_override_is_one_line_error(capsys):
+    from refusion.cli.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--task", "ivif", "schedule.epoch=3", "--print-config"])
+    assert "unknown config key 'schedule.epoch'" in capsys.readouterr().err
+
+
+def test_validation_writes_best_checkpoint(mf_data, tmp_path):
+    tr = Trainer(_cfg(mf_data, f"data.val={mf_data}", "val.metrics=[EN,SF,Qabf]"),
+                 tmp_path / "run", quiet=True)
+    res = tr.fit()
+    assert res.best is not None and res.best["metric"] == "Qabf"
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    lines = (tmp_path / "run" / "validation.csv").read_text().splitlines()
+    assert lines[0] == "step,epoch,EN,SF,Qabf" and len(lines) == 3
+    assert np.isfinite([float(x) for x in lines[1].split(",")[2:]]).all()
