@@ -27,10 +27,11 @@ key                           value
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
+
+from refusion.utils.hashing import sha256_file
 
 INPUT_NAME = "sources"
 OUTPUT_NAME = "fused"
@@ -64,15 +65,6 @@ REQUIRED_KEYS = (
     "source_format",
     "opset",
 )
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_metadata(

@@ -11,6 +11,13 @@ from refusion.errors import UserError
 TASKS = ("ivif", "mif", "mfif", "meif")
 
 
+def add_backend_options(p, backends: tuple[str, ...]) -> None:
+    """``--backend`` and ``--device``, as every inference command spells them."""
+    p.add_argument("--backend", choices=backends, default="auto",
+                   help="inference backend (default auto: the fastest available)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
 def _prog_name(fn: Callable) -> str:
     """``refusion.cli.fuse`` -> ``refusion-fuse``; ``refusion.cli.main`` -> ``refusion``."""
     leaf = fn.__module__.rsplit(".", 1)[-1]

@@ -1,6 +1,8 @@
-"""``refusion-export CKPT -o model.onnx [--fp16] [--engine model.plan]``: deploy the fusion module.
+"""``refusion-export [CKPT|NAME] -o model.onnx [--fp16] [--engine model.plan]``: deploy F.
 
-Argument handling only; the work is in :mod:`refusion.export`.
+``CKPT`` is a checkpoint file or the name of shipped weights (:mod:`refusion.zoo`); without it
+the shipped learnt weights of ``--task`` (default ``ivif``) are exported. Argument handling
+only; the work is in :mod:`refusion.export`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from refusion.cli._common import cli_entry
+from refusion.cli._common import TASKS, cli_entry
 from refusion.errors import UserError
+from refusion.zoo import resolve_weights, shipped_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
         "'sources' float32 (N, 2, H, W), channel 0 = source a; output 'fused' (N, 1, H, W) in "
         "[0, 1]; N, H and W are dynamic. Every output is checked before it is written.",
     )
-    p.add_argument("checkpoint", help="our .safetensors checkpoint or the authors' .pth")
+    p.add_argument("checkpoint", nargs="?",
+                   help="shipped weights by name (ivif, mfif-fixed...; `refusion weights` lists "
+                   "them), our .safetensors checkpoint or the authors' .pth (default: the shipped "
+                   "learnt weights of --task)")
+    p.add_argument("--weights", metavar="CKPT",
+                   help="the same as the positional CKPT (as in refusion-fuse)")
+    p.add_argument("--task", choices=TASKS,
+                   help="task whose shipped learnt weights are exported without CKPT (default "
+                   "ivif); checked against the checkpoint")
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")
     p.add_argument("--fp16", action="store_true", help="write the FP16 graph (FP32 islands)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
@@ -78,19 +89,32 @@ def main(argv: list[str] | None = None) -> int:
         import_tensorrt()  # one line naming the extra when it is missing
     elif args.min or args.opt or args.max or args.batch != 1:
         raise UserError("--min/--opt/--max/--batch shape the TensorRT engine: add --engine PLAN")
+    if args.checkpoint and args.weights:
+        raise UserError("give the checkpoint either as CKPT or as --weights, not both")
+    spec = args.checkpoint or args.weights
+    checkpoint = resolve_weights(spec, args.task)
+    name = shipped_name(checkpoint)
+    if args.task:
+        from refusion.checkpoint import read_checkpoint
+
+        trained = read_checkpoint(checkpoint).task
+        if trained and trained != args.task:
+            raise UserError(f"{name or checkpoint} was trained for '{trained}', not "
+                            f"'{args.task}'")
     _setup_logging(args.quiet)
 
     from refusion.export import build_engine, export_onnx
 
     onnx_path = export_onnx(
-        args.checkpoint,
+        checkpoint,
         args.output,
         fp16=args.fp16,
         opset=args.opset,
         check=not args.no_check,
+        metadata={"weights_name": name} if name else None,
         fp16_check_shape=(1, 2, *check_hw),
     )
-    print(f"wrote {onnx_path}", file=sys.stderr)
+    print(f"wrote {onnx_path}" + (f" (weights {name})" if name else ""), file=sys.stderr)
     if args.engine:
         plan = Path(args.engine)
         cache = Path(args.timing_cache or plan.parent / "tensorrt.timing.cache")
@@ -109,4 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # re-import under the package name so that messages say refusion-export, not refusion
+    from refusion.cli.export import main as _main
+
+    sys.exit(_main())

@@ -1,7 +1,9 @@
-"""``refusion-fuse A B -o OUT --weights CKPT``: fuse image pairs (files, or folders by stem).
+"""``refusion-fuse A B -o OUT [--weights CKPT|NAME]``: fuse image pairs (files, or folders by stem).
 
 With two files ``OUT`` is the output image; with two folders ``OUT`` is a folder that receives
 ``<stem><ext>`` for every name the two folders share. Any backend of :mod:`refusion.engine`.
+``--weights`` takes a file or the name of shipped weights (:mod:`refusion.zoo`); without it the
+learnt checkpoint of ``--task`` (default ``ivif``) is used.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from refusion.cli._common import TASKS, cli_entry
+from refusion.cli._common import TASKS, add_backend_options, cli_entry
 from refusion.engine import BACKENDS, create_backend
 from refusion.engine.files import PairPaths, match_pairs
 from refusion.engine.preprocess import stack_inputs
 from refusion.errors import UserError
 from refusion.imaging import compose, panel, prepare_pair, read_image, write_image
+from refusion.zoo import resolve_weights, weights_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="second source: image or folder (visible / MRI / far / over)")
     p.add_argument("-o", "--output", required=True,
                    help="output image (two files) or output folder (two folders)")
-    p.add_argument("--weights", required=True,
-                   help="our .safetensors, the authors' .pth, an .onnx export or a TensorRT .plan")
-    p.add_argument("--task", choices=TASKS, help="fusion task (checked against the checkpoint)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="inference backend (default auto: the fastest available)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--weights",
+                   help="shipped weights by name (ivif, mif-fixed...; `refusion weights` lists "
+                   "them), our .safetensors, the authors' .pth, an .onnx export or a TensorRT "
+                   ".plan (default: the shipped learnt weights of --task)")
+    p.add_argument("--task", choices=TASKS,
+                   help="fusion task: picks the default weights (ivif when absent) and is "
+                   "checked against the checkpoint")
+    add_backend_options(p, BACKENDS)
     p.add_argument(
         "--normalize", choices=("fixed", "minmax"), default="fixed",
         help="output scaling: fixed [0,1]->[0,255] (default) or per-image min-max (authors')",
@@ -51,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_task(weights: str, task: str | None) -> None:
+def _check_task(weights: str, task: str | None, label: str) -> None:
     if not task or str(weights).lower().endswith((".onnx", ".plan", ".engine", ".trt")):
         return
     from refusion.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(weights)
     if ckpt.task and task != ckpt.task:
-        raise UserError(f"--weights {weights} was trained for '{ckpt.task}', not '{task}'")
+        raise UserError(f"--weights {label} was trained for '{ckpt.task}', not '{task}'")
 
 
 def _outputs(pair: PairPaths, out: Path, folder: bool, ext: str) -> tuple[Path, Path]:
@@ -81,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         more = f" (and {len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
         print(f"refusion-fuse: warning: {len(unmatched)} images without a partner skipped: "
               f"{', '.join(unmatched[:3])}{more}", file=sys.stderr)
-    _check_task(args.weights, args.task)
-    backend = create_backend(args.backend, args.weights, device=args.device)
+    weights = resolve_weights(args.weights, args.task)
+    label = weights_label(args.weights, weights)
+    _check_task(weights, args.task, label)
+    backend = create_backend(args.backend, weights, device=args.device)
     bar = tqdm(total=len(pairs), desc="fuse", unit="pair", file=sys.stderr,
                disable=args.quiet or len(pairs) == 1)
     with backend, bar:
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(len(chunk))
     where = out if folder else _outputs(pairs[0], out, False, ext)[0]
     print(f"wrote {len(pairs)} image{'s' * (len(pairs) > 1)} to {where} ({backend.name}, "
-          f"{backend.device})", file=sys.stderr)
+          f"{backend.device}, weights {label})", file=sys.stderr)
     return 0
 
 

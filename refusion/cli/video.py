@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from refusion.cli._common import cli_entry
+from refusion.cli._common import TASKS, add_backend_options, cli_entry
 from refusion.engine import BACKENDS, create_backend
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor
@@ -27,6 +27,7 @@ from refusion.engine.video import (
 )
 from refusion.errors import UserError
 from refusion.utils.atomic import atomic_write_text
+from refusion.zoo import resolve_weights, weights_label
 
 PROG = "refusion-video"
 
@@ -47,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--fps", type=float, help="frame rate of frame folders (default 30)")
     p.add_argument("-o", "--output", help="output .mp4")
     p.add_argument("--weights", default=os.environ.get("REFUSION_WEIGHTS"),
-                   help="checkpoint, .onnx or .plan (default: $REFUSION_WEIGHTS)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="inference backend (default auto: the fastest available)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+                   help="shipped weights by name (`refusion weights` lists them), a checkpoint, "
+                   ".onnx or .plan (default: $REFUSION_WEIGHTS, else the shipped learnt "
+                   "weights of --task)")
+    p.add_argument("--task", choices=TASKS,
+                   help="task whose shipped learnt weights are used without --weights "
+                   "(default ivif)")
+    add_backend_options(p, BACKENDS)
     p.add_argument("--max-frames", type=int, help="stop after N output frames")
     p.add_argument("--batch-size", type=int, default=1, help="frames per inference (default 1)")
     p.add_argument("--queue", type=int, default=4, help="capacity of each queue (default 4)")
@@ -118,18 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     if out.suffix.lower() != ".mp4":
         reader.release()
         raise UserError(f"-o {out}: the output must be an .mp4 file")
-    if not args.weights:
+    try:
+        weights = resolve_weights(args.weights, args.task)
+    except UserError:
         reader.release()
-        raise UserError("--weights is required (or set REFUSION_WEIGHTS)")
+        raise
     for name in ("max_frames", "batch_size", "queue"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     h = load_homography(args.homography) if args.homography else None
-    backend = create_backend(args.backend, args.weights, device=args.device,
+    backend = create_backend(args.backend, weights, device=args.device,
                              spin=False)  # idle ORT threads must not starve decode/encode
     src = (args.sbs,) if args.sbs else (args.ir, args.vis)
     print(f"{PROG}: {' + '.join(map(str, src))} -> {out} ({backend.name} on {backend.device}, "
+          f"weights {weights_label(args.weights, weights)}, "
           f"{reader.vis_size[0]}x{reader.vis_size[1]} at {reader.fps:g} fps)", file=sys.stderr)
     pipe = VideoPipeline(
         reader, backend, out, aligner=Aligner(reader.vis_size, h),
