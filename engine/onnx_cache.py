@@ -36,7 +36,7 @@ def cache_dir() -> Path:
 
 def model_digest(model: nn.Module) -> str:
     """Content hash of a module's architecture and weights (hex, 20 characters)."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(type(model).__qualname__.encode())  # FusionNet vs DecisionFusionNet
     cfg = getattr(model, "config", None)
     h.update(json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg)).encode())
     for k, v in model.state_dict().items():

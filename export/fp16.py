@@ -186,11 +186,7 @@ def convert_to_fp16(fp32_model):
     del g.node[:]
     g.node.extend(new_nodes)
     g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input}
-    live = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
-    del g.value_info[:]
+    drop_unused_initializers(g)
     model = shape_inference.infer_shapes(model, strict_mode=True)
     return model, islands
 
@@ -560,3 +556,13 @@ def check_fp16(fp16_model, fp32_model, shape=(1, 2, 256, 320), min_psnr: float =
             f"the FP16 graph is not accurate enough: {res} (bar {min_psnr:g} dB)"
         )
     return res
+
+
+def drop_unused_initializers(g) -> None:
+    """Remove the initializers no node reads, and the stale ``value_info`` (a graph edit
+    invalidates it; shape inference rebuilds it)."""
+    used = {name for n in g.node for name in n.input}
+    live = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(live)
+    del g.value_info[:]

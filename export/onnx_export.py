@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from refusion.export.fp16 import drop_unused_initializers
 from refusion.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, set_metadata
 from torch import Tensor, nn
 
@@ -201,11 +202,7 @@ def simplify(model):
             kept.append(node)
     del g.node[:]
     g.node.extend(kept)
-    used = {name for n in g.node for name in n.input}
-    live = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
-    del g.value_info[:]
+    drop_unused_initializers(g)
     # Scalar int constants folded by the tracer may be float64 in odd cases; fail early if so.
     for t in g.initializer:
         if t.data_type == onnx.TensorProto.DOUBLE:

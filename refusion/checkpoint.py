@@ -216,10 +216,19 @@ def fusion_config_from(ckpt: Checkpoint) -> FusionConfig:
 def load_fusion_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[
     FusionNet, Checkpoint
 ]:
-    """Build the fusion module F described by a checkpoint and load its weights (eval mode)."""
+    """Build the fusion module F described by a checkpoint and load its weights (eval mode).
+
+    A checkpoint of the decision-map ablation (``extra.ablation.fusion == "decision"``) gives
+    a :class:`~refusion.train.ablation.DecisionFusionNet`, whose output is the fused image too.
+    """
     ckpt = read_checkpoint(path)
     if "fusion" not in ckpt.tensors:
         raise CheckpointError(f"{path} holds no fusion network")
-    model = FusionNet(fusion_config_from(ckpt))
+    ablation = ckpt.extra.get("ablation") if isinstance(ckpt.extra, dict) else None
+    if isinstance(ablation, dict) and ablation.get("fusion") == "decision":
+        from refusion.train.ablation import DecisionFusionNet as net_cls
+    else:
+        net_cls = FusionNet
+    model = net_cls(fusion_config_from(ckpt))
     load_state_checked(model, ckpt.tensors["fusion"], f"checkpoint {path}")
     return model.to(device).eval(), ckpt
