@@ -1,4 +1,4 @@
-"""``refusion``: the umbrella command (``refusion info``, ``refusion demo``)."""
+"""``refusion``: the umbrella command (``refusion info``, ``demo``, ``repro``, ``weights``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import platform
 import sys
 
-from refusion.cli import demo
+from refusion.cli import demo, repro
 from refusion.cli._common import cli_entry
 
 
@@ -28,17 +28,74 @@ def _info() -> int:
     return 0
 
 
+def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "weights", help="list the shipped named weights and their model cards",
+        description="List the named weights (--weights NAME of refusion-fuse, -video, -export): "
+        "those shipped in the package and those in $REFUSION_WEIGHTS_DIR, which take precedence.",
+    )
+    p.add_argument("name", nargs="?", help="print this one's model card (JSON)")
+    p.add_argument("--json", action="store_true", help="machine-readable list")
+    p.add_argument("--check", action="store_true",
+                   help="verify every card against its weights (architecture, tensors, sha256)")
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from refusion.errors import UserError
+    from refusion.zoo import check_card, list_weights, metric_summary
+
+    known = list_weights()
+    if args.name:
+        known = [w for w in known if w.name == args.name]
+        if not known:
+            names = ", ".join(w.name for w in list_weights()) or "none"
+            raise UserError(f"no shipped weights named {args.name!r} (available: {names})")
+    if args.check:
+        failures = [f"{w.name}: {problem}" for w in known for problem in check_card(w)]
+        for line in failures:
+            print(f"refusion weights: {line}", file=sys.stderr)
+        if failures:
+            return 1
+        n = len(known)
+        print("no named weights to check" if n == 0 else "1 model card matches its weights"
+              if n == 1 else f"{n} model cards match their weights", file=sys.stderr)
+        return 0
+    if args.json:
+        print(json.dumps([w.as_dict() for w in known], indent=2))
+        return 0
+    if args.name:
+        print(json.dumps({"path": str(known[0].path), **known[0].card}, indent=2))
+        return 0
+    if not known:
+        print("no named weights are installed (set $REFUSION_WEIGHTS_DIR to add a folder; "
+              "see docs/weights.md)", file=sys.stderr)
+        return 0
+    rows = [("name", "task", "variant", "size KB", "steps", "test metrics")]
+    rows += [(w.name, w.task, w.variant, f"{w.size_bytes / 1024:.0f}",
+              "-" if w.steps is None else str(w.steps), metric_summary(w.card)) for w in known]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(n) for c, n in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="refusion", description="ReFusion image fusion engine")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and how the native module was built")
     demo.add_parser(sub)
+    repro.add_parser(sub)
+    _add_weights_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "demo":
         return demo.run(args)
+    if args.command == "repro":
+        return repro.run(args)
+    if args.command == "weights":
+        return _weights(args)
     return 2
 
 

@@ -1,0 +1,226 @@
+"""``refusion repro TASK``: split, train the ablation variants, score the test split, report.
+
+Everything lands in two folders: ``WORK/<task>/`` (split on record, staged data links, one run
+folder per variant; resumable) and ``RESULTS/`` (``<task>.md``, ``<task>.json`` with every
+per-image value, ``<task>_curves.png``, ``<task>_example.png``), small enough to commit.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from refusion.repro.report import (
+    BASELINES,
+    PAPER_FIXED,
+    PAPER_ROWS,
+    TASK_NAMES,
+    Scores,
+    backend_fuser,
+    markdown_table,
+    plot_curves,
+    plot_example,
+    score,
+    write_json,
+)
+from refusion.repro.splits import RULES, Split, make_split, write_split
+from refusion.repro.train import recipe_path, stage_split, train_variant, wall_time
+from refusion.utils.atomic import atomic_write_text
+
+AUTHORS_IVIF = "ReFusion_IVIF.pth"
+
+
+@dataclass
+class ReproResult:
+    """Where a reproduction put its results, and its scores."""
+
+    task: str
+    page: Path
+    scores: Scores
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+def chosen_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a variant is scored with: the best on the validation split, else final."""
+    best = run_dir / "best.safetensors"
+    return best if best.exists() else run_dir / "final.safetensors"
+
+
+def learnt_maps(ckpt: Path, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """``W_a`` and ``V_a`` of a checkpoint's loss proposal module P on one pair (empty if the
+    checkpoint has no P, as in the fixed-loss ablation)."""
+    from refusion.checkpoint import load_state_checked, read_checkpoint
+    from refusion.config import from_dict
+    from refusion.models import ProposalConfig, ProposalNet
+
+    c = read_checkpoint(ckpt)
+    if "proposal" not in c.tensors:
+        return {}
+    net = ProposalNet(from_dict(ProposalConfig, c.configs.get("proposal", {})))
+    load_state_checked(net, c.tensors["proposal"], f"checkpoint {ckpt}")
+    with torch.inference_mode():
+        w = net.eval()(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])
+    return {"W_a": w.w_a[0, 0].numpy(), "V_a": w.v_a[0, 0].numpy()}
+
+
+def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
+              variants: tuple[str, ...] = ("learned", "fixed"), work: str | Path = "runs/repro",
+              results: str | Path = "docs/results", reference: str | Path | None = None,
+              overrides: tuple[str, ...] = (), seed: int = 0, quiet: bool = False,
+              publish: str | Path | None = None) -> ReproResult:
+    """Re-run a task's experiment end to end (see the module docstring).
+
+    ``publish``: a folder (``refusion/weights`` ships them) that receives each variant as
+    named weights with a model card (:func:`publish_variant`).
+    """
+    split = make_split(task, data_root, seed)
+    task_dir = Path(work) / task
+    stage_split(split, task_dir)
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_split(split, results / "splits" / f"{task}.json")
+
+    ckpts: dict[str, Path] = {}
+    for v in variants:
+        if not quiet:
+            print(f"refusion repro: {task}: training '{v}' ({recipe} recipe)", file=sys.stderr)
+        train_variant(task, v, recipe, task_dir, overrides, quiet=quiet)
+        ckpts[v] = chosen_checkpoint(task_dir / v)
+
+    methods = {v: backend_fuser(p) for v, p in ckpts.items()}
+    authors = Path(reference) / AUTHORS_IVIF if reference and task == "ivif" else None
+    if authors is not None and authors.is_file():
+        methods["authors' checkpoint"] = backend_fuser(authors)
+    methods.update(BASELINES)
+    example = split.test[0]
+    scores, kept = score(split, methods, progress=not quiet, keep={example.name})
+    write_json(scores, results / f"{task}.json")
+
+    plot_curves({v: task_dir / v for v in variants}, results / f"{task}_curves.png",
+                f"{TASK_NAMES[task]} fusion: training curves ({recipe} recipe)")
+    from refusion.metrics._io import read_grey
+
+    a255, b255 = read_grey(example.a), read_grey(example.b)
+    fused = {k: kept[example.name][k] for k in variants}
+    maps = learnt_maps(ckpts[variants[0]], (a255 / 255).astype(np.float32),
+                       (b255 / 255).astype(np.float32)) if variants else {}
+    plot_example(a255, b255, fused, maps, results / f"{task}_example.png",
+                 f"{example.name}: sources, fused ({', '.join(variants)}), learnt W_a and V_a "
+                 f"of '{variants[0]}' (1 = all weight on I_a)")
+    page = results / f"{task}.md"
+    atomic_write_text(page, _page(task, split, recipe, variants, task_dir, scores, ckpts,
+                                  overrides))
+    if publish is not None:
+        for v, ckpt in ckpts.items():
+            publish_variant(task, v, ckpt, scores, split, recipe, task_dir / v, publish)
+    return ReproResult(task, page, scores, ckpts)
+
+
+def weights_name(task: str, variant: str) -> str:
+    """The shipped name of a variant: ``ivif`` (learnt loss), ``ivif-fixed``, ``ivif-decision``."""
+    return task if variant == "learned" else f"{task}-{variant}"
+
+
+def machine() -> str:
+    """One line on the machine that trained a run (the model cards record it)."""
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
+            f"python {platform.python_version()}, torch {torch.__version__}")
+
+
+def publish_variant(task: str, variant: str, ckpt: Path, scores: Scores, split: Split,
+                    recipe: str, run_dir: Path, folder: str | Path) -> Path:
+    """Ship a variant's scored checkpoint as named weights with its model card."""
+    from refusion.zoo import publish_weights
+
+    means = {m: round(mean, 4) for m, (mean, _) in scores.summary()[variant].items()}
+    facts = {
+        "data": f"shared/data/{task}: {RULES[task]}",
+        "split": (f"docs/results/splits/{task}.json (seed {split.seed}): {len(split.train)} "
+                  f"train, {len(split.val)} validation, {len(split.test)} test pairs"),
+        "recipe": Path(recipe_path(task, recipe)).name,
+        "wall_time_s": round(wall_time(run_dir) or 0.0, 1),
+        "machine": machine(),
+        "test_metrics": {"pairs": len(split.test), "mean": means,
+                         "scale": "fixed [0,1] -> [0,255], 8-bit, luma"},
+        "variant": {"learned": "learnt"}.get(variant, variant),
+        "notes": f"scored checkpoint: {ckpt.name} (the best epoch on the validation pairs by "
+                 "Qabf, else the final one); results: docs/results/" + f"{task}.md",
+    }
+    return publish_weights(ckpt, weights_name(task, variant), folder, facts)
+
+
+def _verdict(scores: Scores) -> str:
+    summ = scores.summary()
+    if "learned" not in summ or "fixed" not in summ:
+        return ""
+    wins = [m for m in scores.metrics if summ["learned"][m][0] > summ["fixed"][m][0]]
+    losses = [m for m in scores.metrics if m not in wins]
+    text = (f"The learnt loss beats the fixed loss (W = V = 1/2) on {len(wins)} of "
+            f"{len(scores.metrics)} metrics")
+    text += f" ({', '.join(wins)})" if wins else ""
+    text += f"; the fixed loss is ahead on {', '.join(losses)}." if losses else "."
+    for base in ("average", "maximum"):
+        if base in summ:
+            ahead = [m for m in scores.metrics if summ["learned"][m][0] > summ[base][m][0]]
+            text += (f" Against plain {base} the learnt model is ahead on {len(ahead)} of "
+                     f"{len(scores.metrics)} metrics.")
+    return text
+
+
+def _page(task: str, split: Split, recipe: str, variants, task_dir: Path, scores: Scores,
+          ckpts: dict[str, Path], overrides) -> str:
+    from refusion import __version__
+    from refusion.train.trainer import load_run_config
+
+    rows = []
+    for v in variants:
+        cfg = load_run_config(task_dir / v)
+        s = cfg.schedule
+        wt = wall_time(task_dir / v)
+        rows.append(f"| {v} | {s.epochs} x ({0 if cfg.ablation.loss == 'fixed' else s.meta_steps}"
+                    f" meta + {s.fusion_steps} fusion) | {s.patch}x{s.patch}, batch {s.batch} | "
+                    f"{'' if wt is None else f'{wt / 60:.1f} min'} | `{ckpts[v].name}` |")
+    extra = [r for r in (PAPER_ROWS.get(task), PAPER_FIXED.get(task)) if r]
+    rec = Path(recipe_path(task, recipe)).name
+    cmd = f"refusion repro {task} --data ../shared/data --recipe {recipe} " \
+          f"--variants {','.join(variants)}" + "".join(f" {o}" for o in overrides)
+    return f"""# {TASK_NAMES[task]} fusion ({task}): reproduction with our trainer
+
+Generated by `{cmd}` (refusion {__version__}, {time.strftime('%Y-%m-%d')}; {machine()}).
+Recipe `{rec}`
+(`refusion/configs/recipes/`).
+
+**Split** ({RULES[task]}): {len(split.train)} training pairs, {len(split.val)} validation pairs
+(select the best epoch by Qabf), {len(split.test)} test pairs; the names are in
+[`splits/{task}.json`](splits/{task}.json). Nothing was tuned on the test pairs.
+
+| variant | steps | patches | wall time | scored checkpoint |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Test split, mean ± std ({len(split.test)} pairs)
+
+All models at the fixed output scale ([0, 1] -> [0, 255], no per-image min-max), rounded to 8
+bits; metrics on the luma with the default conventions of `refusion.metrics`. Best mean per
+column in bold. Rows in italics are the paper's, on its own test set: for scale only.
+
+{markdown_table(scores, extra)}
+{_verdict(scores)}
+
+Per-image values: [`{task}.json`]({task}.json).
+
+## Training curves
+
+![training curves]({task}_curves.png)
+
+## Example
+
+![example]({task}_example.png)
+"""

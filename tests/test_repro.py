@@ -1,0 +1,159 @@
+"""The reproduction pipeline: splits, recipes, and `refusion repro` end to end on a tiny recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from refusion.checkpoint import load_fusion_model
+from refusion.errors import UserError
+from refusion.repro.splits import make_split, stage
+from refusion.repro.train import recipe_path
+from refusion.train.ablation import DecisionFusionNet
+from refusion.train.synthetic import make_pairs, write_pairs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _touch_pairs(folder: Path, a: str, b: str, stems: list[str]) -> None:
+    img = np.zeros((8, 8), np.uint8)
+    for d in (a, b):
+        (folder / d).mkdir(parents=True, exist_ok=True)
+        for s in stems:
+            cv2.imwrite(str(folder / d / f"{s}.png"), img)
+
+
+@pytest.fixture
+def fake_shared(tmp_path: Path) -> Path:
+    """The shared data layout with a few placeholder pairs per dataset."""
+    root = tmp_path / "data"
+    iv = root / "ivif"
+    _touch_pairs(iv / "LLVIP", "ir", "vi", [f"0100{i:02d}" for i in range(10)])
+    (iv / "LLVIP" / "split_train.txt").write_text("010000\n010001\n010002\n010003\n010004\n")
+    for name, n in (("MSRS_train", 4), ("VIFB", 5), ("M3FD", 1), ("MSRS_test", 3), ("TNO", 2)):
+        _touch_pairs(iv / name, "ir", "vi", [f"{name.lower()}_{i}" for i in range(n)])
+    for mod in ("CT", "PET", "SPECT"):
+        _touch_pairs(root / "mif" / f"Harvard_{mod}-MRI", mod, "MRI", [str(i) for i in range(20)])
+    _touch_pairs(root / "mfif" / "MFIFB", "A", "B",
+                 [f"lytro_{i:02d}" for i in range(1, 5)] + [f"mffw_{i:02d}" for i in range(6)])
+    _touch_pairs(root / "meif" / "MEFB", "under", "over", [f"scene{i}" for i in range(10)])
+    return root
+
+
+def _names(pairs) -> set[str]:
+    return {p.name for p in pairs}
+
+
+def test_ivif_split_follows_the_rules(fake_shared):
+    s = make_split("ivif", fake_shared)
+    pool = _names(s.train) | _names(s.val)
+    assert {n for n in pool if n.startswith("LLVIP/")} == {f"LLVIP/0100{i:02d}" for i in range(5)}
+    assert _names(s.test) == ({f"MSRS_test/msrs_test_{i}" for i in range(3)}
+                              | {f"TNO/tno_{i}" for i in range(2)})
+    assert len(pool) == 5 + 4 + 5 + 1 and len(s.val) == 2  # 10 % of 15, rounded
+    assert not (_names(s.train) & _names(s.val)) and not (pool & _names(s.test))
+
+
+@pytest.mark.parametrize("task", ["mif", "mfif", "meif"])
+def test_splits_are_disjoint_seeded_and_on_record(fake_shared, task, tmp_path):
+    s, again, other = (make_split(task, fake_shared, seed) for seed in (0, 0, 1))
+    tr, va, te = _names(s.train), _names(s.val), _names(s.test)
+    assert tr and va and te and not (tr & va) and not (tr & te) and not (va & te)
+    assert s.names() == again.names()
+    if task == "mfif":
+        assert te == {f"MFIFB/lytro_{i:02d}" for i in range(1, 5)}
+    else:
+        assert s.names() != other.names()  # the seed matters where the split is random
+    if task == "mif":  # 15 % of each of the three folders
+        assert len(te) == 3 * 3 and all(sum(n.startswith(f"Harvard_{m}") for n in te) == 3
+                                        for m in ("CT", "PET", "SPECT"))
+    on_record = json.loads(s.to_json())
+    assert on_record["test"] == [p.name for p in s.test] and on_record["task"] == task
+    staged = stage(s.train, tmp_path / "staged")
+    from refusion.train.data import discover_pairs
+
+    assert {p.name for p in discover_pairs(staged).pairs} == tr
+
+
+def test_missing_dataset_is_a_user_error(fake_shared):
+    import shutil
+
+    shutil.rmtree(fake_shared / "ivif" / "TNO")
+    with pytest.raises(UserError, match="TNO"):
+        make_split("ivif", fake_shared)
+    with pytest.raises(UserError, match="no 'mif' folder"):
+        make_split("mif", fake_shared / "nowhere")
+
+
+def test_recipes_resolve_and_load():
+    from refusion.train.config import build_config
+
+    for task in ("ivif", "mif", "mfif", "meif"):
+        cpu = build_config(task, recipe_path(task, "cpu"))
+        paper = build_config(task, recipe_path(task, "paper"))
+        assert (paper.schedule.epochs, paper.schedule.meta_steps, paper.schedule.fusion_steps,
+                paper.schedule.batch, paper.schedule.patch) == (50, 600, 1622, 4, 128)
+        assert paper.optim.lr_fusion == 1e-4
+        assert cpu.schedule.epochs * (cpu.schedule.meta_steps + cpu.schedule.fusion_steps) < 2000
+    with pytest.raises(UserError, match="--recipe"):
+        recipe_path("ivif", "nonexistent")
+
+
+def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data" / "mfif" / "MFIFB"
+    pairs = make_pairs("mfif", ["camera", "coins"], 3, 0, side=40)
+    for i, p in enumerate(pairs):  # two of them become the "Lytro" test pairs
+        p.name = f"lytro_{i + 1:02d}" if i < 2 else f"gen_{i:02d}"
+    write_pairs(pairs, data, "mfif")
+    from refusion.repro.run import run_repro
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    res = run_repro("mfif", tmp_path / "data", recipe="tiny",
+                    variants=("learned", "fixed", "decision"), work=work, results=results,
+                    quiet=True, publish=tmp_path / "weights")
+    page = res.page.read_text()
+    for row in ("| learned |", "| fixed |", "| decision |", "| average |", "| maximum |"):
+        assert row in page
+    assert "learnt loss beats the fixed loss" in page
+    values = json.loads((results / "mfif.json").read_text())["values"]
+    assert set(values) == {"learned", "fixed", "decision", "average", "maximum"}
+    for per_pair in values.values():
+        assert set(per_pair) == {"MFIFB/lytro_01", "MFIFB/lytro_02"}
+        assert all(np.isfinite(v) for row in per_pair.values() for v in row.values())
+    for png in ("mfif_curves.png", "mfif_example.png"):
+        img = cv2.imread(str(results / png))
+        assert img is not None and img.shape[0] > 50
+    # the published weights resolve by name, and their cards match their tensors
+    from refusion.zoo import check_card, list_weights
+
+    monkeypatch.setenv("REFUSION_WEIGHTS_DIR", str(tmp_path / "weights"))
+    shipped = {w.name: w for w in list_weights() if w.source != "package"}
+    assert {"mfif", "mfif-fixed", "mfif-decision"} <= set(shipped)
+    for w in shipped.values():
+        assert check_card(w) == []
+    card = shipped["mfif"].card
+    assert card["test_metrics"]["mean"]["EN"] == pytest.approx(
+        np.mean([r["EN"] for r in values["learned"].values()]), abs=1e-4)
+    assert card["wall_time_s"] > 0 and card["split"].startswith("docs/results/splits/mfif.json")
+    # the decision variant's checkpoint loads as the decision network
+    model, _ = load_fusion_model(res.checkpoints["decision"])
+    assert isinstance(model, DecisionFusionNet)
+    # a second run reuses the finished runs instead of training again
+    finals = {v: (work / "mfif" / v / "final.safetensors").stat().st_mtime_ns
+              for v in ("learned", "fixed")}
+    run_repro("mfif", tmp_path / "data", recipe="tiny", variants=("learned", "fixed"),
+              work=work, results=results, quiet=True)
+    assert finals == {v: (work / "mfif" / v / "final.safetensors").stat().st_mtime_ns
+                      for v in ("learned", "fixed")}
