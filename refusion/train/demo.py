@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from refusion.inference import fuse_lumas
 from refusion.train.config import build_config
 from refusion.train.meta import fuse
 from refusion.train.synthetic import (
@@ -123,6 +124,11 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
         trainer = Trainer(cfg, run_dir, quiet=quick)
         trainer.fit()
     table: dict[str, dict[str, float]] = {"average": {}, "ReFusion (demo)": {}}
+    shipped = _shipped_model(task)
+    if shipped is not None:
+        table[f"shipped '{shipped[0]}'"] = {}
+        log(f"also fusing with the shipped weights '{shipped[0]}' (trained on real {task} "
+            "pairs, see docs/results)")
     rows = []
     trainer.fusion.eval()
     for p in test_pairs:
@@ -132,11 +138,16 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
             tb = torch.from_numpy(p.b)[None, None].to(trainer.device)
             fused = fuse(trainer.fusion, None, ta, tb)[0, 0].float().cpu().numpy()
             w = trainer.proposal(ta, tb)
-        for name, img in (("average", avg), ("ReFusion (demo)", fused)):
+        results = [("average", avg), ("ReFusion (demo)", fused)]
+        if shipped is not None:
+            results.append((f"shipped '{shipped[0]}'", fuse_lumas(shipped[1], p.a, p.b)))
+        for name, img in results:
             for k, v in _scores(p, img).items():
                 table[name][k] = table[name].get(k, 0.0) + v / len(test_pairs)
-        rows.append(_row([p.a, p.b, avg, fused, p.reference, w.v_a[0, 0].cpu().numpy()],
-                         ["source a", "source b", "average", "ReFusion", "reference", "V_a"]))
+        extra = [results[2][1]] if shipped is not None else []
+        rows.append(_row([p.a, p.b, avg, fused, *extra, p.reference, w.v_a[0, 0].cpu().numpy()],
+                         ["source a", "source b", "average", "ReFusion",
+                          *(["shipped"] if extra else []), "reference", "V_a"]))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
     picture = out / f"demo_{task}.png"
@@ -146,6 +157,18 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
     log(format_table(table))
     log(f"trained {trainer.step} steps in {seconds:.0f} s; picture: {picture}")
     return {"table": table, "picture": picture, "run_dir": run_dir, "seconds": seconds}
+
+
+def _shipped_model(task: str):
+    """``(name, F)`` of the learnt weights shipped for ``task``, or None when none ships."""
+    from refusion.checkpoint import load_fusion_model
+    from refusion.zoo import default_weights
+
+    info = default_weights(task)
+    if info is None:
+        return None
+    model, _ = load_fusion_model(info.path)
+    return info.name, model
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
