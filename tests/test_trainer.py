@@ -73,6 +73,22 @@ def test_resume_is_bit_identical(mf_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "full" / "panels").iterdir())
 
 
+def test_resume_applies_new_learning_rates(mf_data, tmp_path):
+    part = Trainer(_cfg(mf_data, "schedule.max_steps=5"), tmp_path / "run", quiet=True)
+    part.fit()
+    frozen = ("optim.lr_fusion=0", "optim.lr_reconstruction=0", "optim.lr_proposal=0")
+    resumed = Trainer(_cfg(mf_data, *frozen), tmp_path / "run", resume=True, quiet=True)
+    before = _weights(resumed)
+    resumed.fit()
+    after = _weights(resumed)
+    assert resumed.step == 10
+    for k in before:  # Adam with learning rate 0 moves nothing
+        assert torch.equal(before[k], after[k]), k
+    from refusion.train.trainer import load_run_config
+
+    assert load_run_config(tmp_path / "run").optim.lr_proposal == 0.0
+
+
 def test_p_changes_and_checkpoints_are_complete(mf_data, tmp_path):
     tr = Trainer(_cfg(mf_data), tmp_path / "run", quiet=True)
     before = {k: v.clone() for k, v in tr.proposal.state_dict().items()}

@@ -97,6 +97,30 @@ def make_pairs(task: str, photos: list[str], per_photo: int, seed: int, side: in
     return [gen(photo(n, side), rng, f"{n}_{i}") for n in photos for i in range(per_photo)]
 
 
+def multifocus_pairs(photos: list[str], per_photo: int, seed: int, side: int = 256, *,
+                     sigma: tuple[float, float] = (1.5, 3.0), both_orders: bool = False
+                     ) -> list[SynthPair]:
+    """Multi-focus pairs as :func:`make_pairs` ``("mfif", ...)`` makes them, with the blur sigma
+    drawn in ``sigma`` (the default range gives exactly ``make_pairs``'s pairs).
+
+    ``both_orders`` appends every pair once more with its sources swapped (name suffix ``_ba``,
+    mask inverted), so that neither input channel is the in-focus one more often than the other.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in photos:
+        img = photo(n, side)
+        for i in range(per_photo):
+            mask = random_mask(img.shape, rng)
+            blurred = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*sigma)))
+            a = (mask * img + (1 - mask) * blurred).astype(np.float32)
+            b = ((1 - mask) * img + mask * blurred).astype(np.float32)
+            out.append(SynthPair(f"{n}_{i}", a, b, img, mask))
+    if both_orders:
+        out += [SynthPair(f"{p.name}_ba", p.b, p.a, p.reference, 1 - p.mask) for p in out]
+    return out
+
+
 def write_pairs(pairs: list[SynthPair], root, task: str) -> None:
     """Write pairs as 8-bit PNGs in the task's layout (``A``/``B`` or ``under``/``over``)."""
     from pathlib import Path

@@ -156,6 +156,8 @@ class Trainer:
 
         if resume:
             self._resume()
+            if self.dist.is_main:  # a later --resume continues with this sitting's overrides
+                save_run_config(self.run_dir, cfg)
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if latest_checkpoint(self.run_dir) is not None:
@@ -251,8 +253,15 @@ class Trainer:
             raise UserError(f"cannot read training state {state}: {exc}") from None
         if int(blob.get("step", -1)) != step:
             raise UserError(f"{state} is for step {blob.get('step')}, expected {step}")
+        o = self.cfg.optim
+        lrs = {"fusion": o.lr_fusion, "reconstruction": o.lr_reconstruction,
+               "proposal": o.lr_proposal}
         for name, opt in self.optimizers.items():
             opt.load_state_dict(blob["optim"][name])
+            # load_state_dict restores the saved hyper-parameters too; the configuration of
+            # this sitting (which may carry new key=value overrides) decides them
+            for group in opt.param_groups:
+                group.update(lr=lrs[name], betas=tuple(o.betas), weight_decay=o.weight_decay)
         torch.set_rng_state(blob["rng"]["torch"])
         if "cuda" in blob["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
