@@ -127,6 +127,13 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
     for row in ("| learned |", "| fixed |", "| decision |", "| average |", "| maximum |"):
         assert row in page
     assert "learnt loss beats the fixed loss" in page
+    from refusion.repro.report import Scores, collapse_notes
+
+    copied = Scores("mfif", ("EN",), {"m": {"p1": {"EN": 1.0}, "p2": {"EN": 1.0}}},
+                    {"m": {"I_a": 0, "I_b": 2}})
+    assert collapse_notes(copied) == [
+        "'m' returned I_b unchanged on 2 of 2 test pairs (a collapsed model; metrics that "
+        "compare F with a source, such as SCD, are then undefined)."]
     values = json.loads((results / "mfif.json").read_text())["values"]
     assert set(values) == {"learned", "fixed", "decision", "average", "maximum"}
     for per_pair in values.values():
@@ -140,7 +147,7 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
 
     monkeypatch.setenv("REFUSION_WEIGHTS_DIR", str(tmp_path / "weights"))
     shipped = {w.name: w for w in list_weights() if w.source != "package"}
-    assert {"mfif", "mfif-fixed", "mfif-decision"} <= set(shipped)
+    assert {"mfif", "mfif-fixed"} <= set(shipped) and "mfif-decision" not in shipped
     for w in shipped.values():
         assert check_card(w) == []
     card = shipped["mfif"].card

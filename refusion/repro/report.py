@@ -14,7 +14,7 @@ import csv
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class Scores:
     task: str
     metrics: tuple[str, ...]
     values: dict[str, dict[str, dict[str, float]]]
+    copies: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> source -> pairs
 
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """``{method: {metric: (mean, std)}}`` over the pairs (NaNs left out)."""
@@ -98,15 +99,27 @@ def score(split: Split, methods: dict[str, Fuser], progress: bool = True,
         from tqdm import tqdm
 
         pairs = tqdm(pairs, desc=f"scoring {split.task} test pairs", leave=False)
+    copies: dict[str, dict[str, int]] = {m: {"I_a": 0, "I_b": 0} for m in methods}
     for pair in pairs:
         a255, b255 = read_grey(pair.a), read_grey(pair.b)
         a, b = (a255 / 255.0).astype(np.float32), (b255 / 255.0).astype(np.float32)
         for name, fuse in methods.items():
             f = np.round(np.clip(fuse(a, b), 0.0, 1.0) * 255.0).astype(np.float64)
             values[name][pair.name] = compute_suite(a255, b255, f, metrics=metrics)
+            # a collapsed model (e.g. a saturated decision map) returns a source unchanged
+            copies[name]["I_a"] += int(np.array_equal(f, a255))
+            copies[name]["I_b"] += int(np.array_equal(f, b255))
             if keep and pair.name in keep:
                 kept.setdefault(pair.name, {})[name] = f.astype(np.uint8)
-    return Scores(split.task, metrics, values), kept
+    return Scores(split.task, metrics, values, copies), kept
+
+
+def collapse_notes(scores: Scores) -> list[str]:
+    """One sentence per method whose output was a source, unchanged, on some test pairs."""
+    n = len(next(iter(scores.values.values()), {}))
+    return [f"'{m}' returned {src} unchanged on {k} of {n} test pairs (a collapsed model; "
+            "metrics that compare F with a source, such as SCD, are then undefined)."
+            for m, per_src in scores.copies.items() for src, k in per_src.items() if k]
 
 
 def markdown_table(scores: Scores, extra_rows: list[dict] = ()) -> str:
@@ -213,4 +226,5 @@ def plot_example(a: np.ndarray, b: np.ndarray, fused: dict[str, np.ndarray],
 def write_json(scores: Scores, path: Path) -> None:
     """Every per-image value (atomic)."""
     atomic_write_text(path, json.dumps({"task": scores.task, "metrics": list(scores.metrics),
-                                        "values": scores.values}, indent=1) + "\n")
+                                        "values": scores.values,
+                                        "source_copies": scores.copies}, indent=1) + "\n")

@@ -24,6 +24,7 @@ from refusion.repro.report import (
     TASK_NAMES,
     Scores,
     backend_fuser,
+    collapse_notes,
     markdown_table,
     plot_curves,
     plot_example,
@@ -35,6 +36,9 @@ from refusion.repro.train import recipe_path, stage_split, train_variant, wall_t
 from refusion.utils.atomic import atomic_write_text
 
 AUTHORS_IVIF = "ReFusion_IVIF.pth"
+# What ships as named weights: the learnt loss and the fixed-loss ablation (the decision-map
+# ablation is reported, not shipped).
+PUBLISHED = ("learned", "fixed")
 
 
 @dataclass
@@ -119,7 +123,8 @@ def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
                                   overrides))
     if publish is not None:
         for v, ckpt in ckpts.items():
-            publish_variant(task, v, ckpt, scores, split, recipe, task_dir / v, publish)
+            if v in PUBLISHED:
+                publish_variant(task, v, ckpt, scores, split, recipe, task_dir / v, publish)
     return ReproResult(task, page, scores, ckpts)
 
 
@@ -154,6 +159,13 @@ def publish_variant(task: str, variant: str, ckpt: Path, scores: Scores, split: 
                  "Qabf, else the final one); results: docs/results/" + f"{task}.md",
     }
     return publish_weights(ckpt, weights_name(task, variant), folder, facts)
+
+
+NOTES = {
+    "ivif": "SSIM here is the CDDFuse convention, SSIM(F, I_a) + SSIM(F, I_b) (a sum, up to "
+            "2); the convention behind the paper's Table 4 SSIM (0.51, 0.37) is not stated "
+            "there, so compare its SSIM column by ranking only.",
+}
 
 
 def _verdict(scores: Scores) -> str:
@@ -213,6 +225,8 @@ column in bold. Rows in italics are the paper's, on its own test set: for scale 
 
 {markdown_table(scores, extra)}
 {_verdict(scores)}
+{"".join(chr(10) + "- " + line for line in collapse_notes(scores))}
+{NOTES.get(task, "")}
 
 Per-image values: [`{task}.json`]({task}.json).
 
