@@ -27,6 +27,16 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny tensors gain nothing from more, and spin-waiting
+    threads on a busy 2-core CI machine make them 10-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def photo_pair() -> tuple[np.ndarray, np.ndarray]:
     """A generated 'infrared-like' grey image and a colour image of one scene (uint8)."""

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import cv2
 import pytest
-import torch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on busy CI cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_quick(tmp_path, capsys):

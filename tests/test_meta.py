@@ -22,13 +22,7 @@ from refusion.train.meta import Batch, fusion_step_losses, inner_update, meta_st
 BETA_F, BETA_R = 0.5, 0.3  # large inner steps so that the meta-gradient is far from zero
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on busy CI cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nets(dtype=torch.float64):

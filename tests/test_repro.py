@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from refusion.checkpoint import load_fusion_model
 from refusion.errors import UserError
@@ -17,13 +16,7 @@ from refusion.repro.train import recipe_path
 from refusion.train.ablation import DecisionFusionNet
 from refusion.train.synthetic import make_pairs, write_pairs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _touch_pairs(folder: Path, a: str, b: str, stems: list[str]) -> None:

@@ -34,12 +34,7 @@ WARMUP = 200  # fusion steps before the first meta step; also the length of the 
 META = 60  # meta steps, then WARMUP - META fusion steps with the learnt loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _measure(trainer: Trainer, pair: SynthPair) -> dict[str, float]:
