@@ -152,8 +152,8 @@ def publish_variant(task: str, variant: str, ckpt: Path, scores: Scores, split: 
         "recipe": Path(recipe_path(task, recipe)).name,
         "wall_time_s": round(wall_time(run_dir) or 0.0, 1),
         "machine": machine(),
-        "test_metrics": {"pairs": len(split.test), "mean": means,
-                         "scale": "fixed [0,1] -> [0,255], 8-bit, luma"},
+        "test_metrics": {f"{task} test split, {len(split.test)} pairs (mean)": means},
+        "scoring": "fixed output scale [0,1] -> [0,255], 8-bit, luma; refusion.metrics defaults",
         "variant": {"learned": "learnt"}.get(variant, variant),
         "notes": f"scored checkpoint: {ckpt.name} (the best epoch on the validation pairs by "
                  "Qabf, else the final one); results: docs/results/" + f"{task}.md",
