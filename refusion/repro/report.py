@@ -115,11 +115,14 @@ def score(split: Split, methods: dict[str, Fuser], progress: bool = True,
 
 
 def collapse_notes(scores: Scores) -> list[str]:
-    """One sentence per method whose output was a source, unchanged, on some test pairs."""
+    """One sentence per trained method whose output was a source, unchanged, on some test pairs
+    (baselines are exempt: the per-pixel maximum of an under- and an over-exposed image is the
+    over-exposed one)."""
     n = len(next(iter(scores.values.values()), {}))
     return [f"'{m}' returned {src} unchanged on {k} of {n} test pairs (a collapsed model; "
             "metrics that compare F with a source, such as SCD, are then undefined)."
-            for m, per_src in scores.copies.items() for src, k in per_src.items() if k]
+            for m, per_src in scores.copies.items() if m not in BASELINES
+            for src, k in per_src.items() if k]
 
 
 def markdown_table(scores: Scores, extra_rows: list[dict] = ()) -> str:
