@@ -56,6 +56,8 @@ def zoo_dir(tmp_path, monkeypatch) -> Path:
     zoo.publish_weights(_ckpt(tmp_path / "fixed.safetensors", loss="fixed"), "ivif-fixed",
                         folder, FACTS)
     monkeypatch.setenv(zoo.ENV_DIR, str(folder))
+    # only this folder: the weights the package ships would change names and defaults
+    monkeypatch.setattr(zoo, "_package_dir", lambda: None)
     return folder
 
 
@@ -227,7 +229,8 @@ def test_refusion_weights_subprocess_one_line_error(zoo_dir):
     r = subprocess.run([sys.executable, "-m", "refusion.cli.main", "weights", "nope"],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "no shipped weights named 'nope' (available: ivif, ivif-fixed)" in r.stderr
+    # a fresh process also sees the package's own weights, listed after the folder's
+    assert "no shipped weights named 'nope' (available: ivif, ivif-fixed" in r.stderr
 
 
 def test_export_default_weights_of_task(zoo_dir, tmp_path, capsys):
