@@ -183,10 +183,17 @@ def plot_curves(runs: dict[str, Path], path: Path, title: str) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    return _save(fig, path, title, fontsize=11, dpi=90)
+
+
+def _save(fig, path: Path, title: str, fontsize: int, dpi: int) -> Path:
+    """Title, tight layout, an atomic PNG write, and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
 
@@ -218,12 +225,7 @@ def plot_example(a: np.ndarray, b: np.ndarray, fused: dict[str, np.ndarray],
         ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, fontsize=10, dpi=100)
 
 
 def write_json(scores: Scores, path: Path) -> None:
