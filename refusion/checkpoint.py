@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from refusion import __version__
-from refusion.errors import CheckpointError
+from refusion.errors import CheckpointError, UserError
 from refusion.models.authors import convert_authors_state_dict, looks_like_authors_state_dict
 from refusion.models.fusion import FusionConfig, FusionNet
 from refusion.utils.atomic import atomic_path
@@ -232,3 +232,29 @@ def load_fusion_model(path: str | os.PathLike, device: str | torch.device = "cpu
     model = net_cls(fusion_config_from(ckpt))
     load_state_checked(model, ckpt.tensors["fusion"], f"checkpoint {path}")
     return model.to(device).eval(), ckpt
+
+
+def build_networks(architecture: dict) -> dict[str, nn.Module]:
+    """Untrained modules for each network of an architecture dict (a checkpoint's ``configs``;
+    ``fusion``, ``proposal``, ``reconstruction``); raises UserError on a bad configuration."""
+    from refusion.config import from_dict
+    from refusion.models import (
+        FusionConfig,
+        FusionNet,
+        ProposalConfig,
+        ProposalNet,
+        ReconstructionConfig,
+        ReconstructionNet,
+    )
+
+    kinds = {"fusion": (FusionConfig, FusionNet), "proposal": (ProposalConfig, ProposalNet),
+             "reconstruction": (ReconstructionConfig, ReconstructionNet)}
+    nets = {}
+    for net, cfg in architecture.items():
+        if net not in kinds:
+            raise UserError(f"unknown network {net!r} in the architecture")
+        if not isinstance(cfg, dict):
+            raise UserError(f"the {net} configuration is not a mapping")
+        cfg_cls, net_cls = kinds[net]
+        nets[net] = net_cls(from_dict(cfg_cls, cfg, prefix=f"{net}."))
+    return nets

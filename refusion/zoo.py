@@ -230,31 +230,6 @@ def variant_from_extra(extra: dict) -> str:
     return "fixed" if fixed else "decision" if decision else "learnt"
 
 
-def _build_networks(architecture: dict) -> dict[str, Any]:
-    """Modules for each network of an architecture dict (raises UserError on a bad config)."""
-    from refusion.config import from_dict
-    from refusion.models import (
-        FusionConfig,
-        FusionNet,
-        ProposalConfig,
-        ProposalNet,
-        ReconstructionConfig,
-        ReconstructionNet,
-    )
-
-    kinds = {"fusion": (FusionConfig, FusionNet), "proposal": (ProposalConfig, ProposalNet),
-             "reconstruction": (ReconstructionConfig, ReconstructionNet)}
-    nets = {}
-    for net, cfg in architecture.items():
-        if net not in kinds:
-            raise UserError(f"unknown network {net!r} in the architecture")
-        if not isinstance(cfg, dict):
-            raise UserError(f"the {net} configuration is not a mapping")
-        cfg_cls, net_cls = kinds[net]
-        nets[net] = net_cls(from_dict(cfg_cls, cfg, prefix=f"{net}."))
-    return nets
-
-
 def card_for(checkpoint: str | os.PathLike, name: str, facts: dict) -> dict:
     """The model card of ``checkpoint`` published as ``name`` (without ``sha256``/``size``).
 
@@ -338,11 +313,16 @@ def publish_weights(checkpoint: str | os.PathLike, name: str, folder: str | os.P
     Returns:
         The path of the written ``.safetensors``.
     """
-    from refusion.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
+    from refusion.checkpoint import (
+        build_networks,
+        load_state_checked,
+        read_checkpoint,
+        save_checkpoint,
+    )
 
     ckpt = read_checkpoint(checkpoint)
     card = _card(ckpt, name, facts)
-    nets = _build_networks(ckpt.configs)
+    nets = build_networks(ckpt.configs)
     for net in ckpt.tensors:
         if net not in nets:
             raise CheckpointError(f"{checkpoint}: tensors for {net} but no configuration")
@@ -367,7 +347,7 @@ def check_card(info: WeightsInfo) -> list[str]:
     in the checkpoint, that the networks built from that architecture load the tensors strictly,
     that the tensors are float32, and that task, steps and variant agree with the checkpoint.
     """
-    from refusion.checkpoint import load_state_checked, read_checkpoint
+    from refusion.checkpoint import build_networks, load_state_checked, read_checkpoint
 
     card = info.card
     if not card:
@@ -400,7 +380,7 @@ def check_card(info: WeightsInfo) -> list[str]:
             problems.append(f"card architecture has {sorted(arch)}, the checkpoint holds "
                             f"{sorted(ckpt.tensors)}")
         try:
-            nets = _build_networks({k: v for k, v in arch.items() if k in ckpt.tensors})
+            nets = build_networks({k: v for k, v in arch.items() if k in ckpt.tensors})
             for net, module in nets.items():
                 load_state_checked(module, ckpt.tensors[net], f"{net} of {info.name}")
         except UserError as exc:

@@ -60,14 +60,12 @@ def chosen_checkpoint(run_dir: Path) -> Path:
 def learnt_maps(ckpt: Path, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     """``W_a`` and ``V_a`` of a checkpoint's loss proposal module P on one pair (empty if the
     checkpoint has no P, as in the fixed-loss ablation)."""
-    from refusion.checkpoint import load_state_checked, read_checkpoint
-    from refusion.config import from_dict
-    from refusion.models import ProposalConfig, ProposalNet
+    from refusion.checkpoint import build_networks, load_state_checked, read_checkpoint
 
     c = read_checkpoint(ckpt)
     if "proposal" not in c.tensors:
         return {}
-    net = ProposalNet(from_dict(ProposalConfig, c.configs.get("proposal", {})))
+    net = build_networks({"proposal": c.configs.get("proposal", {})})["proposal"]
     load_state_checked(net, c.tensors["proposal"], f"checkpoint {ckpt}")
     with torch.inference_mode():
         w = net.eval()(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])
