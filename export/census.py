@@ -38,8 +38,9 @@ TENSORRT_OPS = frozenset(
 EXPECTED_OPS = frozenset(
     {
         "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Erf", "Gather",
-        "LayerNormalization", "LeakyRelu", "MatMul", "Mul", "ReduceL2", "Reshape", "Shape",
-        "Sigmoid", "Slice", "Softmax", "Split", "Transpose", "Unsqueeze",
+        "LayerNormalization", "LeakyRelu", "MatMul", "Mul", "ReduceL2", "ReduceMean",
+        "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Sub", "Transpose",
+        "Unsqueeze",
     }
 )
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from refusion.export.deploy import deploy_view, has_deploy_form
 from refusion.export.fp16 import drop_unused_initializers
 from refusion.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, set_metadata
 from torch import Tensor, nn
@@ -127,13 +128,21 @@ def export_view(model: FusionNet) -> FusionNet:
     return twin
 
 
-def trace_to_onnx(model: FusionNet, opset: int = MIN_OPSET):
-    """Trace F to an ``onnx.ModelProto`` with dynamic ``N``, ``H``, ``W`` (unchecked)."""
+def trace_to_onnx(model: FusionNet, opset: int = MIN_OPSET, layer_norm: str | None = "nchw"):
+    """Trace F to an ``onnx.ModelProto`` with dynamic ``N``, ``H``, ``W`` (unchecked).
+
+    ``layer_norm`` picks the traced form: ``"nchw"`` (default, FP32 graphs) or ``"op"`` (FP16
+    graphs) trace the inference form of :mod:`refusion.export.deploy`; ``None`` traces the
+    training-form network as is.
+    """
     import onnx
 
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET}+")
-    twin = export_view(model)
+    if layer_norm is not None and has_deploy_form(model):
+        twin = deploy_view(model, layer_norm)
+    else:
+        twin = export_view(model)
     dummy = torch.from_numpy(probe_input((1, 2, 64, 80)))
     dyn = {0: "N", 2: "H", 3: "W"}
     buf = io.BytesIO()
@@ -317,7 +326,9 @@ def export_onnx(
 
     model, prov = _resolve(model_or_ckpt_path)  # traced and checked on an eval-mode copy
     log.info("tracing the fusion module (%s, opset %d)", type(model).__name__, opset)
-    graph = simplify(trace_to_onnx(model, opset))  # an onnx.ModelProto
+    # FP32: the inference form with the LayerNorms over NCHW channels (fastest on CPU runtimes);
+    # FP16: LayerNormalization ops, each one FP32 island of the conversion.
+    graph = simplify(trace_to_onnx(model, opset, "op" if fp16 else "nchw"))
     meta = build_metadata(
         task=prov.get("task"),
         model_config=model.config.to_dict(),

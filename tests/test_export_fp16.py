@@ -26,7 +26,7 @@ def graphs():
         for name, p in net.named_parameters():
             if "temperature" in name:
                 p.fill_(4.0)  # sharp attention: the hard case for FP16
-    m32 = oe.simplify(oe.trace_to_onnx(net))
+    m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
     m16, islands = f16.convert_to_fp16(m32)
     return m32, m16, islands
 
@@ -138,7 +138,7 @@ def test_authors_fp16_at_1080p():
     from refusion.checkpoint import load_fusion_model
 
     net, _ = load_fusion_model(shared_path("reference", "ReFusion_IVIF.pth"))
-    m32 = oe.simplify(oe.trace_to_onnx(net))
+    m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
     m16, _ = f16.convert_to_fp16(m32)
     x = oe.probe_input((1, 2, 1080, 1920))
     ref = oe.run_ort(oe.ort_session(m32), x)

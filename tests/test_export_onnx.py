@@ -67,9 +67,21 @@ def test_opset_layernorm_and_checker(tiny_onnx):
     opset = {o.domain: o.version for o in m.opset_import}
     assert opset.get("", opset.get("ai.onnx")) >= 17
     ops = census.op_census(m)
-    # two per Restormer block: encoders a and b plus the decoder
-    assert ops["LayerNormalization"] == 2 * 3 * TINY.blocks
+    # The FP32 graph is the inference form (refusion.export.deploy): each of the two norms per
+    # Restormer block (encoders a and b plus the decoder) is a mean and a variance over the
+    # channel axis, with no LayerNormalization op and no channels-last transposes around it.
+    assert ops["LayerNormalization"] == 0
+    assert ops["ReduceMean"] == 2 * 2 * 3 * TINY.blocks
+    # q/k/v and gate chunks are separate convolutions: the only slices left split the input.
+    assert ops["Slice"] == 2
     assert ops["Constant"] == 0 and ops["Identity"] == 0  # the simplification pass ran
+
+
+def test_fp16_trace_keeps_layernorm_ops(tiny_net):
+    # The FP16 conversion keeps each LayerNormalization as one FP32 island.
+    ops = census.op_census(oe.simplify(oe.trace_to_onnx(tiny_net, layer_norm="op")))
+    assert ops["LayerNormalization"] == 2 * 3 * TINY.blocks
+    assert ops["Slice"] == 2 and ops["ReduceMean"] == 0
 
 
 def test_metadata(tiny_onnx, tiny_ckpt):

@@ -21,7 +21,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.fixture(scope="module")
 def graphs():
     net = FusionNet(FusionConfig(dim=8, blocks=1, heads=2)).eval()
-    m32 = oe.simplify(oe.trace_to_onnx(net))
+    m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
     m16, _ = f16.convert_to_fp16(m32)
     return m32, m16
 

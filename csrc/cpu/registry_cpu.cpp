@@ -2,13 +2,19 @@
 // strides in elements; the tensors stay owned by torch on the Python side, which also validates
 // shapes, dtypes and devices before calling (see refusion/ops/_kernels.py). The GIL is released
 // while a kernel runs.
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/parallel.h"
 #include "refusion_ops.h"
+
+#include <pybind11/stl.h>
 
 namespace py = pybind11;
 
@@ -17,39 +23,94 @@ namespace {
 
 using i64 = std::int64_t;
 
-bool cpu_has_avx2() {
-#if defined(REFUSION_HAVE_AVX2_TU) && (defined(__GNUC__) || defined(__clang__))
+bool cpu_supports(const char* isa) {
+#if defined(__GNUC__) || defined(__clang__)
+#if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  if (std::strcmp(isa, "avx2+fma") == 0) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  if (std::strcmp(isa, "avx512") == 0) {
+    // libgcc also checks that the OS saves the ZMM state (XGETBV) before reporting avx512f.
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("fma");
+  }
 #endif
+#endif
+  return std::strcmp(isa, "baseline") == 0;
 }
 
-// Resolved once: the kernels of the widest instruction set this CPU runs.
+// One table of kernels per compiled instruction set, widest last.
 struct CpuKernels {
-  decltype(&isa_base::sobel_fwd) sobel_fwd = &isa_base::sobel_fwd;
-  decltype(&isa_base::sobel_bwd) sobel_bwd = &isa_base::sobel_bwd;
-  decltype(&isa_base::gelu_mul_fwd) gelu_mul_fwd = &isa_base::gelu_mul_fwd;
-  decltype(&isa_base::gelu_mul_bwd) gelu_mul_bwd = &isa_base::gelu_mul_bwd;
-  const char* isa = "baseline";
+  decltype(&isa_base::sobel_fwd) sobel_fwd;
+  decltype(&isa_base::sobel_bwd) sobel_bwd;
+  decltype(&isa_base::gelu_mul_fwd) gelu_mul_fwd;
+  decltype(&isa_base::gelu_mul_bwd) gelu_mul_bwd;
+  const char* isa;
 };
 
-const CpuKernels& kernels() {
-  static const CpuKernels k = [] {
-    CpuKernels r;
+#define REFUSION_KERNEL_TABLE(NS, NAME) \
+  CpuKernels { &NS::sobel_fwd, &NS::sobel_bwd, &NS::gelu_mul_fwd, &NS::gelu_mul_bwd, NAME }
+
+const CpuKernels kCompiled[] = {
+    REFUSION_KERNEL_TABLE(isa_base, "baseline"),
 #ifdef REFUSION_HAVE_AVX2_TU
-    if (cpu_has_avx2()) {
-      r.sobel_fwd = &isa_avx2::sobel_fwd;
-      r.sobel_bwd = &isa_avx2::sobel_bwd;
-      r.gelu_mul_fwd = &isa_avx2::gelu_mul_fwd;
-      r.gelu_mul_bwd = &isa_avx2::gelu_mul_bwd;
-      r.isa = "avx2+fma";
-    }
+    REFUSION_KERNEL_TABLE(isa_avx2, "avx2+fma"),
 #endif
-    return r;
-  }();
-  return k;
+#ifdef REFUSION_HAVE_AVX512_TU
+    REFUSION_KERNEL_TABLE(isa_avx512, "avx512"),
+#endif
+};
+constexpr int kNumCompiled = sizeof(kCompiled) / sizeof(kCompiled[0]);
+
+int widest_supported() {
+  int best = 0;
+  for (int i = 0; i < kNumCompiled; ++i) {
+    if (cpu_supports(kCompiled[i].isa)) best = i;
+  }
+  return best;
+}
+
+// Index into kCompiled of the kernels in use: the widest this CPU runs unless REFUSION_CPU_ISA
+// (read once, at the first call) or set_cpu_isa() asks for another one. Atomic so that a switch
+// from Python while another thread runs a kernel is well defined.
+std::atomic<int>& selected() {
+  static std::atomic<int> sel{[] {
+    int best = widest_supported();
+    if (const char* want = std::getenv("REFUSION_CPU_ISA")) {
+      for (int i = 0; i < kNumCompiled; ++i) {
+        if (std::strcmp(want, kCompiled[i].isa) == 0 && cpu_supports(want)) return i;
+      }
+    }
+    return best;
+  }()};
+  return sel;
+}
+
+const CpuKernels& kernels() { return kCompiled[selected().load(std::memory_order_relaxed)]; }
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (int i = 0; i < kNumCompiled; ++i) {
+    if (cpu_supports(kCompiled[i].isa)) out.emplace_back(kCompiled[i].isa);
+  }
+  return out;
+}
+
+std::string set_cpu_isa(const std::string& name) {
+  const std::string previous = kernels().isa;
+  const std::string want = name.empty() ? kCompiled[widest_supported()].isa : name;
+  for (int i = 0; i < kNumCompiled; ++i) {
+    if (want == kCompiled[i].isa) {
+      if (!cpu_supports(kCompiled[i].isa)) {
+        throw std::invalid_argument("this CPU cannot run the '" + want + "' kernels");
+      }
+      selected().store(i);
+      return previous;
+    }
+  }
+  throw std::invalid_argument("no CPU kernels built for '" + want + "'");
 }
 
 void check_dtype(int dtype) {
@@ -71,7 +132,14 @@ void* mptr(std::uintptr_t p) { return reinterpret_cast<void*>(p); }
 void register_cpu_ops(py::module_& m) {
   m.attr("has_cpu_kernels") = true;
   m.def("cpu_isa", [] { return std::string(kernels().isa); },
-        "Instruction set of the CPU kernels selected at import time.");
+        "Instruction set of the CPU kernels in use (the widest the CPU runs, unless "
+        "REFUSION_CPU_ISA or set_cpu_isa() chose another).");
+  m.def("cpu_isas", &available_isas,
+        "Instruction sets with built CPU kernels that this CPU runs, narrowest first.");
+  m.def("set_cpu_isa", &set_cpu_isa, py::arg("name"),
+        "Use the CPU kernels of instruction set `name` ('' = the widest); returns the previous "
+        "one. For parity tests and benchmarks; raises ValueError for an unknown or unsupported "
+        "name.");
 
   m.def(
       "sobel_xy_cpu",
