@@ -26,6 +26,9 @@ import refusion
 from refusion.utils.atomic import atomic_path
 
 OPSET = 17
+#: Changes whenever the export traces a different graph for the same weights (e.g. the
+#: inference form of refusion.export.deploy), so stale cached files are never reused.
+GRAPH_FORM = "inference-form-1"
 
 
 def cache_dir() -> Path:
@@ -42,7 +45,7 @@ def model_digest(model: nn.Module) -> str:
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-    h.update(f"{refusion.__version__}/{OPSET}".encode())
+    h.update(f"{refusion.__version__}/{OPSET}/{GRAPH_FORM}".encode())
     return h.hexdigest()[:20]
 
 

@@ -63,6 +63,14 @@ class TorchBackend(Backend):
         native: keep the native kernels of :mod:`refusion.ops` when built (``False`` forces
             the pure-PyTorch references, as the benchmark baseline does).
         threads: intra-op threads on CPU (default: physical cores).
+        retain_memory: keep freed memory in the process
+            (:func:`refusion.engine.memory.retain_freed_memory`: process-wide, for the rest of
+            the process); default on CPU, where PyTorch's uncached allocator otherwise faults
+            every activation in again each frame.
+        inference_form: run the re-parameterised network of :mod:`refusion.export.deploy`
+            (split convolutions, LayerNorm folded into them; same images to float32 rounding);
+            default on CPU. Ignored for networks without one (it needs a ``FusionNet`` or the
+            decision-map ablation).
     """
 
     name = "torch"
@@ -78,6 +86,8 @@ class TorchBackend(Backend):
         cuda_graphs: bool = True,
         native: bool = True,
         threads: int | None = None,
+        retain_memory: bool | None = None,
+        inference_form: bool | None = None,
     ) -> None:
         super().__init__(device)
         self.weights = weights
@@ -87,6 +97,9 @@ class TorchBackend(Backend):
         self.cuda_graphs = cuda_graphs and device.startswith("cuda") and not compile
         self.native = native
         self.threads = threads
+        on_cpu = device == "cpu"
+        self.retain_memory = on_cpu if retain_memory is None else retain_memory
+        self.inference_form = on_cpu if inference_form is None else inference_form
         self._model: nn.Module | None = None
         self._run: Any = None
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
@@ -96,7 +109,18 @@ class TorchBackend(Backend):
             raise UserError("--backend torch --device cuda: no CUDA device is available")
         if self.device == "cpu":
             torch.set_num_threads(self.threads or physical_cores())
-        model = load_module(self.weights).eval().to(self.device)
+        if self.retain_memory:
+            from refusion.engine.memory import retain_freed_memory
+
+            retain_freed_memory()
+        model = load_module(self.weights).eval()
+        if self.inference_form:
+            from refusion.export.deploy import deploy_view, has_deploy_form
+
+            self.inference_form = has_deploy_form(model)
+            if self.inference_form:
+                model = deploy_view(model)
+        model = model.to(self.device)
         if self.half:
             model = model.half()
         if self.channels_last:
@@ -153,8 +177,11 @@ class TorchBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
+        from refusion.engine.memory import memory_status
+
         d.update(channels_last=self.channels_last, compile=self.compile, half=self.half,
-                 cuda_graphs=self.cuda_graphs, native=self.native)
+                 cuda_graphs=self.cuda_graphs, native=self.native,
+                 inference_form=self.inference_form, memory=memory_status())
         if self.device == "cpu":
             d["threads"] = torch.get_num_threads()
         return d
