@@ -33,4 +33,8 @@ def build_info() -> dict:
     mod = native_module()
     if mod is None:
         return {"available": False}
-    return {"available": True, **dict(mod.build_info())}
+    info = {"available": True, **dict(mod.build_info())}
+    if hasattr(mod, "cpu_isa"):  # modules built before run-time ISA selection lack it
+        info["cpu_isa"] = mod.cpu_isa()
+        info["cpu_isas"] = list(mod.cpu_isas())
+    return info
