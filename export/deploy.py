@@ -211,19 +211,8 @@ class DeployFusionNet(nn.Module):
         self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 2:
-            raise ValueError(f"FusionNet expects a (B, 2, H, W) input, got {tuple(x.shape)}")
-        xa = self.stem_a(x[:, :1])
-        xb = self.stem_b(x[:, 1:])
-        for blk in self.encoder_a:
-            xa = blk(xa)
-        for blk in self.encoder_b:
-            xb = blk(xb)
-        y = self.afm(xa, xb)
-        for blk in self.decoder:
-            y = blk(y)
-        y = F.leaky_relu(self.head_conv1(y), 0.01)
-        w = torch.sigmoid(self.head_conv2(y))
+        # Same layer names and call signatures as FusionNet, so its forward runs these layers.
+        w = FusionNet.forward(self, x)  # type: ignore[arg-type]
         return w * x[:, :1] + (1.0 - w) * x[:, 1:] if self.decision else w
 
 
