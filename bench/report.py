@@ -110,7 +110,10 @@ def markdown(latency: dict, video: list[dict], info: dict, chart: str | None) ->
              "(`refusion.engine.memory`); `torch` is the torch backend's defaults (on CPU: the "
              "inference form of F, native kernels, retained memory); `onnxruntime` runs the "
              "exported FP32 graph (inference form) with graph optimisation level ALL, "
-             "`onnxruntime-extended` with EXTENDED (no NCHWc layout).", "",
+             "`onnxruntime-extended` with EXTENDED (no NCHWc layout). `onnxruntime-fast` is a "
+             "different, smaller network: the architecture of the shipped `ivif-fast` weights "
+             "(one Restormer block per stage, 40,184 parameters; its quality is in "
+             "`docs/results/ivif-fast.md`), so its speed-up is not the same model's.", "",
              "| backend | " + " | ".join(sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for cfg, per in latency.items():

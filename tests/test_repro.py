@@ -158,3 +158,13 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
               work=work, results=results, quiet=True)
     assert finals == {v: (work / "mfif" / v / "final.safetensors").stat().st_mtime_ns
                       for v in ("learned", "fixed")}
+
+
+def test_repro_overrides_may_follow_the_options():
+    from refusion.cli.main import parse_args
+
+    args = parse_args(["repro", "ivif", "fusion.dim=8", "--recipe", "tiny", "fusion.blocks=1"])
+    assert args.recipe == "tiny"
+    assert args.overrides == ["fusion.dim=8", "fusion.blocks=1"]
+    with pytest.raises(SystemExit):  # anything else after the options is still an error
+        parse_args(["repro", "ivif", "--recipe", "tiny", "--bogus"])

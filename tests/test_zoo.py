@@ -173,12 +173,24 @@ def test_missing_card_is_reported(zoo_dir):
 
 
 def test_shipped_weights_check():
-    """Whatever ships in refusion/weights (maybe nothing yet) must match its card."""
-    shipped = [w for w in zoo.list_weights() if w.source == "package"]
-    assert isinstance(shipped, list)
-    for w in shipped:
+    """What ships in refusion/weights matches its cards, loads and fuses; the task names stay
+    the defaults (``ivif-fast`` is learnt too but must not shadow ``ivif``)."""
+    from refusion.checkpoint import load_fusion_model
+
+    shipped = {w.name: w for w in zoo.list_weights() if w.source == "package"}
+    tasks = ("ivif", "mif", "mfif", "meif")
+    assert set(tasks) | {f"{t}-fixed" for t in tasks} <= set(shipped)
+    x = torch.rand(1, 2, 24, 40)
+    for w in shipped.values():
         assert zoo.check_card(w) == [], w.name
-        assert w.task in ("ivif", "mif", "mfif", "meif")
+        assert w.task in tasks
+        net = load_fusion_model(w.path, "cpu")[0].eval()
+        with torch.no_grad():
+            y = net(x)
+        assert y.shape == (1, 1, 24, 40) and torch.isfinite(y).all(), w.name
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0, w.name
+    for t in tasks:
+        assert zoo.default_weights(t).name == t
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -230,7 +242,8 @@ def test_refusion_weights_subprocess_one_line_error(zoo_dir):
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     # a fresh process also sees the package's own weights, listed after the folder's
-    assert "no shipped weights named 'nope' (available: ivif, ivif-fixed" in r.stderr
+    assert "no shipped weights named 'nope' (available: ivif, " in r.stderr
+    assert "ivif-fixed" in r.stderr
 
 
 def test_export_default_weights_of_task(zoo_dir, tmp_path, capsys):

@@ -79,15 +79,31 @@ def _weights(args: argparse.Namespace) -> int:
     return 0
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the umbrella command line.
+
+    ``key=value`` overrides of ``refusion repro`` may come after its options too
+    (``refusion repro ivif --recipe cpu fusion.blocks=1``): argparse alone would bind the
+    optional positional list right after ``TASK`` and reject the later ones.
+    """
     parser = argparse.ArgumentParser(prog="refusion", description="ReFusion image fusion engine")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and how the native module was built")
     demo.add_parser(sub)
     repro.add_parser(sub)
     _add_weights_parser(sub)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "repro" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "demo":
