@@ -5,9 +5,9 @@ serves blocks above its mmap threshold (at most 32 MiB, and a 480x640 activation
 published network is 20-80 MB) with a fresh ``mmap`` and gives them back with ``munmap``, so the
 next frame's tensor of the same size faults its pages in again, one by one, each zeroed by the
 kernel. On our 2-core machine an eager forward pass at 480x640 spent more time in those page
-faults than in arithmetic: 2.3-2.9 s per frame with the default allocator, 1.2-1.5 s once freed
-memory is kept (``bench/``, config ``eager-retained``). ONNX Runtime and TensorRT have their own
-arenas and do not need this.
+faults than in arithmetic: 2.9-3.1 s per frame with the default allocator, 1.4-1.6 s once freed
+memory is kept (``docs/benchmarks.md``, config ``eager-retained``). ONNX Runtime and TensorRT
+have their own arenas and do not need this.
 
 :func:`retain_freed_memory` tells glibc (``mallopt``) to serve large blocks from the heap
 (``M_MMAP_MAX = 0``), not to hand freed memory back (``M_TRIM_THRESHOLD``), and to use one arena
