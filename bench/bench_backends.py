@@ -38,6 +38,8 @@ CONFIGS = {
     # defaults: NCHW on CPU, channels-last on CUDA; on CPU retained memory and the inference form
     "torch": ("torch", {"native": True}),
     "torch-compile": ("torch", {"channels_last": True, "compile": True}),
+    # CUDA only: FP16 weights and activations, channels-last, one CUDA graph per shape.
+    "torch-fp16": ("torch", {"half": True, "cuda_graphs": True}),
     "onnxruntime": ("onnxruntime", {"optimization": "all"}),
     "onnxruntime-extended": ("onnxruntime", {"optimization": "extended"}),
     "tensorrt": ("tensorrt", {}),
@@ -78,6 +80,8 @@ def _make(config: str, model, onnx_path):
         # Retention is process-wide and one-way; the collection order runs the baseline first.
         pytest.skip(f"{config}: an earlier case already retains freed memory (run it first)")
     if kind == "torch":
+        if opts.get("half") and not torch.cuda.is_available():
+            pytest.skip(f"{config}: FP16 inference is for CUDA (no CUDA device)")
         if opts.get("compile") and not os.environ.get("REFUSION_BENCH_COMPILE"):
             pytest.skip("torch.compile: set REFUSION_BENCH_COMPILE=1 (long compile on 2 cores)")
         return TorchBackend(model, "cuda" if torch.cuda.is_available() else "cpu", **opts)

@@ -120,6 +120,72 @@ def test_gate_eager(benchmark):
         benchmark(eager, x)
 
 
+# ------------------------------------------------------------------------------------ CUDA
+# The same cases on a GPU (skipped without one): the native CUDA kernels against eager PyTorch
+# on the device, float32 and float16. Each call synchronises, so the time is the kernels' own.
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+CUDA_DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float16],
+                                      ids=["f32", "f16"])
+
+
+def _require_cuda_kernels():
+    mod = _native.native_module()
+    if mod is None or not getattr(mod, "has_cuda_kernels", False):
+        pytest.skip("refusion._C was built without CUDA kernels")
+
+
+def _synced(fn):
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def _eager_gate(t):
+    a, b = t.chunk(2, dim=1)
+    return F.gelu(a) * b
+
+
+@CUDA
+@CUDA_DTYPES
+@pytest.mark.parametrize("impl", ["native", "eager"])
+def test_gate_cuda(benchmark, impl, dtype):
+    benchmark.group = f"cuda-gate-1x128x480x640-{str(dtype)[6:]}"
+    if impl == "native":
+        _require_cuda_kernels()
+        fn = gelu_gate
+    else:
+        fn = _eager_gate
+    x = torch.randn(GATE, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        want = _eager_gate(x.float())
+        torch.testing.assert_close(fn(x).float(), want, rtol=2e-3, atol=2e-3)
+        benchmark.pedantic(_synced(fn), args=(x,), rounds=50, iterations=5, warmup_rounds=5)
+
+
+@CUDA
+@CUDA_DTYPES
+@pytest.mark.parametrize("impl", ["native", "conv2d"])
+def test_sobel_cuda(benchmark, impl, dtype, monkeypatch):
+    benchmark.group = f"cuda-sobel-1080p-{str(dtype)[6:]}"
+    if impl == "native":
+        _require_cuda_kernels()
+    else:  # the pure-PyTorch reference (grouped conv2d) on the same device
+        monkeypatch.setenv("REFUSION_DISABLE_NATIVE", "1")
+        _native.native_module.cache_clear()
+    x = torch.rand(1, 1, *IMG, device="cuda", dtype=dtype)
+    try:
+        with torch.no_grad():
+            benchmark.pedantic(_synced(sobel_xy), args=(x,), rounds=50, iterations=5,
+                               warmup_rounds=5)
+    finally:
+        monkeypatch.delenv("REFUSION_DISABLE_NATIVE", raising=False)
+        _native.native_module.cache_clear()
+
+
 # ----------------------------------------- loss-style forward + backward, with / without kernels
 
 

@@ -124,6 +124,27 @@ def test_backend_errors_are_user_errors(case, tiny_onnx, tmp_path):
     assert needle in msg and "\n" not in msg
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("form", [False, True], ids=["training-form", "inference-form"])
+def test_torch_cuda_matches_cpu(tiny, half, form):
+    # CUDA graphs are captured per shape: two shapes, each run twice (capture, then replay).
+    cpu = TorchBackend(tiny, "cpu", retain_memory=False, inference_form=False, threads=1)
+    gpu = TorchBackend(tiny, "cuda", half=half, cuda_graphs=True, inference_form=form)
+    threads = torch.get_num_threads()
+    try:
+        with cpu, gpu:
+            for shape in ((2, 2, 64, 80), (1, 2, 37, 53)):
+                x = _batch(shape[0], shape[2], shape[3])
+                want = cpu.infer(x)
+                for _ in range(2):
+                    got = gpu.infer(x)
+                    assert got.shape == want.shape and got.dtype == np.float32
+                    assert np.abs(got - want).max() < (2e-3 if half else 1e-4)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 def test_cuda_requests_fail_clearly(tiny_onnx):
     with pytest.raises(UserError, match="no CUDA device"):
