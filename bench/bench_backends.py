@@ -74,7 +74,8 @@ def fast_onnx_path(tmp_path_factory):
     return export_onnx_file(net, tmp_path_factory.mktemp("bench") / "fusion-fast.onnx")
 
 
-def _make(config: str, model, onnx_path):
+def _make(config: str, model, graph):
+    """The backend of ``config``; ``graph(network)`` gives the ONNX file of that network."""
     kind, opts = CONFIGS[config]
     if opts.get("retain_memory") is False and _memory_retained():
         # Retention is process-wide and one-way; the collection order runs the baseline first.
@@ -90,8 +91,7 @@ def _make(config: str, model, onnx_path):
         if why:
             pytest.skip(why)
         opts = dict(opts)
-        path = onnx_path(opts.pop("network", "published"))
-        return OnnxRuntimeBackend(path, "cpu", **opts)
+        return OnnxRuntimeBackend(graph(opts.pop("network", "published")), "cpu", **opts)
     ok, why = tensorrt_available()
     if not ok:
         pytest.skip(f"tensorrt: {why} (no GPU is lent to this machine)")

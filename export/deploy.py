@@ -62,11 +62,8 @@ def split_pointwise(conv: nn.Conv2d, parts: int, norm: ChannelLayerNorm | None) 
     if norm is not None:
         bias = w @ norm.bias.detach()
         w = w * norm.weight.detach()[None, :]
-    return [
-        _conv(wi[:, :, None, None], None if bias is None else bi)
-        for wi, bi in zip(w.chunk(parts, 0), (bias.chunk(parts, 0) if bias is not None
-                                               else [None] * parts))
-    ]
+    biases = bias.chunk(parts) if bias is not None else (None,) * parts
+    return [_conv(wi[:, :, None, None], bi) for wi, bi in zip(w.chunk(parts), biases)]
 
 
 def split_depthwise(conv: nn.Conv2d, parts: int) -> list[nn.Conv2d]:
@@ -83,23 +80,47 @@ def normalize_channels(x: Tensor, eps: float) -> Tensor:
     return xc * torch.rsqrt((xc * xc).mean(dim=1, keepdim=True) + eps)
 
 
-class _Norm(nn.Module):
-    """The LayerNorm in front of a split branch: folded NCHW form, or the op with its affine."""
+class NormalizeChannels(nn.Module):
+    """:func:`normalize_channels` as a module: a channel LayerNorm whose affine was folded away.
 
-    def __init__(self, norm: ChannelLayerNorm, layer_norm: str) -> None:
+    Shape:
+        - Input: :math:`(B, C, H, W)`; Output: same
+    """
+
+    def __init__(self, eps: float) -> None:
         super().__init__()
-        self.eps = norm.eps
-        self.folded = layer_norm == "nchw"
-        self.channels = int(norm.weight.numel())
-        if not self.folded:
-            self.weight = nn.Parameter(norm.weight.detach().clone(), requires_grad=False)
-            self.bias = nn.Parameter(norm.bias.detach().clone(), requires_grad=False)
+        self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.folded:
-            return normalize_channels(x, self.eps)
+        return normalize_channels(x, self.eps)
+
+
+class StaticChannelLayerNorm(nn.Module):
+    """:class:`ChannelLayerNorm` with the channel count as a Python int, for tracing.
+
+    The original passes ``(x.shape[1],)`` to ``F.layer_norm``; the tracer records that as a
+    tensor and the TorchScript ONNX exporter then refuses the non-constant
+    ``normalized_shape``. Weight and bias are frozen copies, so the outputs are bit-identical.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)`; Output: same
+    """
+
+    def __init__(self, src: ChannelLayerNorm) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(src.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(src.bias.detach().clone(), requires_grad=False)
+        self.eps = src.eps
+        self.channels = int(src.weight.numel())
+
+    def forward(self, x: Tensor) -> Tensor:
         y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
+
+
+def _norm(norm: ChannelLayerNorm, fold: bool) -> nn.Module:
+    """The LayerNorm in front of a split branch: affine folded away, or the traceable op."""
+    return NormalizeChannels(norm.eps) if fold else StaticChannelLayerNorm(norm)
 
 
 class _Branches(nn.Module):
@@ -127,12 +148,12 @@ class DeployBlock(nn.Module):
         attn: TransposedAttention = block.attn
         ffn: GatedFeedForward = block.ffn
         fold = layer_norm == "nchw"
-        self.norm1 = _Norm(block.norm1, layer_norm)
+        self.norm1 = _norm(block.norm1, fold)
         self.qkv = _Branches(attn.qkv, attn.qkv_dw, 3, block.norm1 if fold else None)
         self.heads = attn.heads
         self.temperature = nn.Parameter(attn.temperature.detach().clone(), requires_grad=False)
         self.proj = _conv(attn.proj.weight.detach(), None)
-        self.norm2 = _Norm(block.norm2, layer_norm)
+        self.norm2 = _norm(block.norm2, fold)
         self.gate = _Branches(ffn.proj_in, ffn.dw, 2, block.norm2 if fold else None)
         self.proj_out = _conv(ffn.proj_out.weight.detach(), None)
 
@@ -197,7 +218,7 @@ class DeployFusionNet(nn.Module):
         kind = _kind(model)
         if kind is None:
             raise TypeError(f"no inference form for {type(model).__name__}")
-        src = model  # weights are copied out below, never shared
+        src = model  # every layer below copies its weights out of it
         self.config = src.config
         self.layer_norm = layer_norm
         # Decision-map networks (the Table 4 ablation) blend the sources with F's output.

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from refusion.export.deploy import deploy_view, has_deploy_form
+from refusion.export.deploy import StaticChannelLayerNorm, deploy_view, has_deploy_form
 from refusion.export.fp16 import drop_unused_initializers
 from refusion.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, set_metadata
-from torch import Tensor, nn
+from torch import nn
 
 from refusion.errors import UserError
 from refusion.models.fusion import FusionNet
@@ -95,24 +94,6 @@ def probe_input(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
     return out
 
 
-class _StaticChannelLayerNorm(nn.Module):
-    """Export twin of :class:`ChannelLayerNorm` with the channel count as a Python int.
-
-    The original passes ``(x.shape[1],)`` to ``F.layer_norm``; the tracer records that as a
-    tensor and the TorchScript exporter then refuses the non-constant ``normalized_shape``.
-    The parameters are shared, so the outputs are bit-identical.
-    """
-
-    def __init__(self, src: ChannelLayerNorm) -> None:
-        super().__init__()
-        self.weight, self.bias, self.eps = src.weight, src.bias, src.eps
-        self.channels = int(src.weight.numel())
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
-
-
 def export_view(model: FusionNet) -> FusionNet:
     """A float32, eval-mode, CPU copy of ``model`` ready for tracing (the original is untouched)."""
     twin = copy.deepcopy(model).to("cpu", torch.float32).eval()
@@ -120,7 +101,7 @@ def export_view(model: FusionNet) -> FusionNet:
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, ChannelLayerNorm):
-                setattr(module, name, _StaticChannelLayerNorm(child))
+                setattr(module, name, StaticChannelLayerNorm(child))
             else:
                 swap(child)
 
