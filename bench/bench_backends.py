@@ -1,6 +1,7 @@
 """Latency of every backend against the eager baseline, at four frame sizes.
 
-Baseline: eager PyTorch, our model (the published size, ``FusionNet()``), float32, NCHW, no
+Baseline: eager PyTorch, our model (the published size, ``FusionNet()``, with the shipped
+``ivif`` weights), float32, NCHW, no
 ``torch.compile``, native kernels off, the system allocator (``eager-retained`` is the same with
 freed memory kept, see :mod:`refusion.engine.memory`). Run with ``python bench/report.py``
 (which writes ``docs/benchmarks.md``) or ``pytest bench/bench_backends.py --benchmark-only``.
@@ -18,7 +19,7 @@ import torch
 from refusion.engine import available_backends
 from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from refusion.engine.backends.tensorrt_backend import TensorRTBackend, tensorrt_available
-from refusion.engine.backends.torch_backend import TorchBackend
+from refusion.engine.backends.torch_backend import TorchBackend, has_bf16_hardware
 from refusion.engine.onnx_cache import export_onnx_file
 
 from refusion.models import FusionConfig, FusionNet
@@ -37,7 +38,11 @@ CONFIGS = {
     "eager-retained": ("torch", {**_EAGER, "retain_memory": True}),
     # defaults: NCHW on CPU, channels-last on CUDA; on CPU retained memory and the inference form
     "torch": ("torch", {"native": True}),
-    "torch-compile": ("torch", {"channels_last": True, "compile": True}),
+    "torch-compile": ("torch", {"compile": True}),
+    # BF16 (not the same images: the report gives the PSNR against FP32). On CPU it needs
+    # AVX512-BF16/AMX to be fast; compiled with Inductor's freezing it is the fastest CPU row.
+    "torch-bf16": ("torch", {"bf16": True}),
+    "torch-bf16-compile": ("torch", {"bf16": True, "compile": True}),
     # CUDA only: FP16 weights and activations, channels-last, one CUDA graph per shape.
     "torch-fp16": ("torch", {"half": True, "cuda_graphs": True}),
     "onnxruntime": ("onnxruntime", {"optimization": "all"}),
@@ -58,8 +63,15 @@ def _memory_retained() -> bool:
 
 @pytest.fixture(scope="session")
 def model() -> FusionNet:
-    torch.manual_seed(0)
-    return FusionNet().eval()
+    """The shipped ``ivif`` weights: the published architecture (``FusionNet()``), and trained,
+    so that the reduced-precision rows' PSNR describes real outputs."""
+    from refusion.engine.backends.torch_backend import load_module
+
+    from refusion.zoo import resolve_weights
+
+    net = load_module(resolve_weights("ivif", "ivif")).eval()
+    assert net.config == FusionNet().config  # the baseline is the published network
+    return net
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +92,15 @@ def _make(config: str, model, graph):
     if opts.get("retain_memory") is False and _memory_retained():
         # Retention is process-wide and one-way; the collection order runs the baseline first.
         pytest.skip(f"{config}: an earlier case already retains freed memory (run it first)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "torch":
         if opts.get("half") and not torch.cuda.is_available():
             pytest.skip(f"{config}: FP16 inference is for CUDA (no CUDA device)")
+        if opts.get("bf16") and not has_bf16_hardware(device):
+            pytest.skip(f"{config}: {device} has no native BF16 arithmetic")
         if opts.get("compile") and not os.environ.get("REFUSION_BENCH_COMPILE"):
             pytest.skip("torch.compile: set REFUSION_BENCH_COMPILE=1 (long compile on 2 cores)")
-        return TorchBackend(model, "cuda" if torch.cuda.is_available() else "cpu", **opts)
+        return TorchBackend(model, device, **opts)
     if kind == "onnxruntime":
         why = available_backends()["onnxruntime"]
         if why:
@@ -101,6 +116,29 @@ def _make(config: str, model, graph):
     return TensorRTBackend(plan)
 
 
+def photo_pair(h: int, w: int) -> np.ndarray:
+    """A ``(1, 2, h, w)`` pair of two bundled photographs (timing does not depend on the
+    content; the precision check does, and noise would exaggerate it)."""
+    import cv2
+
+    from refusion.train.synthetic import photo
+
+    a, b = (cv2.resize(photo(n, min(h, w)), (w, h), interpolation=cv2.INTER_AREA)
+            for n in ("astronaut", "coffee"))
+    return np.stack([a, b])[None].astype(np.float32)
+
+
+def psnr(y: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR in dB of ``y`` against ``ref`` (both in [0, 1])."""
+    mse = float(np.mean((y.astype(np.float64) - ref) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+
+
+def _fp32_reference(model, x: np.ndarray) -> np.ndarray:
+    with TorchBackend(model, "cpu", retain_memory=False) as ref:
+        return ref.infer(x)
+
+
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_latency(benchmark, config, size, model, onnx_path, request):
@@ -110,14 +148,17 @@ def test_latency(benchmark, config, size, model, onnx_path, request):
         return request.getfixturevalue("fast_onnx_path") if network == "fast" else onnx_path
 
     be = _make(config, model, graph)
-    x = np.random.default_rng(0).random((1, 2, h, w), dtype=np.float32)
+    x = photo_pair(h, w)
     with be:
         try:
-            be.infer(x)  # warm-up: allocator, graph optimisation, compilation
+            y = be.infer(x)  # warm-up: allocator, graph optimisation, compilation
         except Exception as exc:  # noqa: BLE001 - e.g. native kernels mid-rebuild
             pytest.skip(f"{config}: {type(exc).__name__}: {str(exc)[:120]}")
         big = h * w > 500_000
         benchmark.group = f"latency {size}"
         benchmark.extra_info.update(config=config, size=size, height=h, width=w,
                                     describe={k: str(v) for k, v in be.describe().items()})
+        opts = CONFIGS[config][1]
+        if opts.get("half") or opts.get("bf16"):
+            benchmark.extra_info["psnr_vs_fp32"] = psnr(y, _fp32_reference(model, x))
         benchmark.pedantic(be.infer, args=(x,), rounds=2 if big else 3, iterations=1)

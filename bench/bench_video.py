@@ -1,8 +1,10 @@
 """Video end-to-end throughput (decode -> infer -> encode threads) against model-only.
 
 Input: the first frames of an M3SVD clip (640x480) from ``../shared/data/video`` when present,
-else a generated 640x480 clip. Model: the published network size; backend: what ``auto``
-picks here. ``REFUSION_BENCH_VIDEO_FRAMES`` sets the frame count (default 8).
+else a generated 640x480 clip. Model: the shipped ``ivif`` weights (the published network);
+backends: what ``auto`` picks here (FP32), and BF16 compiled torch (with
+``REFUSION_BENCH_COMPILE=1`` on hardware with native BF16). ``REFUSION_BENCH_VIDEO_FRAMES``
+sets the frame count (default 8).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 from refusion.engine import create_backend
+from refusion.engine.backends.torch_backend import has_bf16_hardware, load_module
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor, stack_inputs
 from refusion.engine.video import FrameSource, PairReader
 
-from refusion.models import FusionNet
+from refusion.zoo import resolve_weights
 
 FRAMES = int(os.environ.get("REFUSION_BENCH_VIDEO_FRAMES", "8"))
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "M3SVD"
@@ -42,11 +45,22 @@ def _clips(tmp: Path) -> tuple[Path, Path, str]:
     return paths[0], paths[1], "generated"
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    torch.manual_seed(0)
+# name -> (backend, options): what ``auto`` picks (FP32), and the fastest CPU mode
+CONFIGS = {"auto": ("auto", {"spin": False}),
+           "torch-bf16-compile": ("torch", {"bf16": True, "compile": True})}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def backend(request, tmp_path_factory):
+    name, opts = CONFIGS[request.param]
+    if opts.get("bf16") and not has_bf16_hardware("cuda" if torch.cuda.is_available() else "cpu"):
+        pytest.skip(f"{request.param}: no native BF16 arithmetic here")
+    if opts.get("compile") and not os.environ.get("REFUSION_BENCH_COMPILE"):
+        pytest.skip("torch.compile: set REFUSION_BENCH_COMPILE=1 (long compile on 2 cores)")
     os.environ.setdefault("REFUSION_CACHE", str(tmp_path_factory.mktemp("cache")))
-    be = create_backend("auto", FusionNet().eval(), device="auto", spin=False)
+    be = create_backend(name, load_module(resolve_weights("ivif", "ivif")), device="auto",
+                        **opts)
+    be.config = request.param
     with be:
         yield be
 
@@ -60,7 +74,7 @@ def test_video_end_to_end_vs_model_only(benchmark, backend, tmp_path):
     while len(batches) < FRAMES and (got := reader.read()) is not None:
         batches.append(stack_inputs([pre.pre(got[0], got[1])]))
     reader.release()
-    backend.infer(batches[0])  # warm-up
+    backend.warmup(batches[0].shape)  # compilation, allocator
     t0 = time.perf_counter()
     for b in batches:
         backend.infer(b)
@@ -76,6 +90,7 @@ def test_video_end_to_end_vs_model_only(benchmark, backend, tmp_path):
     benchmark.group = "video 640x480"
     benchmark.extra_info.update(
         source=source, frames=stats.frames, backend=backend.name, device=backend.device,
+        config=backend.config,
         end_to_end_fps=stats.fps, model_only_fps=model_fps, ratio=stats.fps / model_fps,
         decode_ms=1e3 * stats.decode_s / stats.frames,
         infer_ms=1e3 * stats.infer_s / stats.frames,

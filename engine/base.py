@@ -84,6 +84,12 @@ class Backend:
         for _ in range(runs):
             self.infer(x)
 
+    @property
+    def compiles_per_shape(self) -> bool:
+        """True when the first call at a new input shape is slow (compilation, graph capture):
+        a video pipeline then warms up before it starts timing frames."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         """What the backend runs with (for logs and benchmark reports)."""
         return {"backend": self.name, "device": self.device}

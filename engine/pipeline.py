@@ -231,6 +231,17 @@ class VideoPipeline:
         from tqdm import tqdm
 
         self.backend.activate()
+        if self.backend.compiles_per_shape:
+            # compile / capture before the clock and the queues start, not on the first frame
+            w, h = self.reader.vis_size
+            if self.progress:
+                print(f"compiling {self.backend.name} for {w}x{h} frames (batch "
+                      f"{self.batch_size})...", file=sys.stderr)
+            try:
+                self.backend.warmup((self.batch_size, 2, h, w))
+            except BaseException:  # Ctrl-C or a failure before any frame: nothing to keep
+                self.reader.release()
+                raise
         total = self.reader.frame_count
         if self.max_frames is not None:
             total = self.max_frames if total < 0 else min(total, self.max_frames)

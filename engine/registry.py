@@ -113,7 +113,7 @@ def create_backend(
 
 
 _OPTIONS = {
-    "torch": {"channels_last", "compile", "half", "cuda_graphs", "native", "threads"},
+    "torch": {"channels_last", "compile", "half", "bf16", "cuda_graphs", "native", "threads"},
     "onnxruntime": {"provider", "threads", "optimization", "spin", "trt_cache"},
     "tensorrt": set(),
 }

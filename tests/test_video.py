@@ -255,3 +255,40 @@ def test_m3svd_clip(tmp_path, ckpt):
     ok, frame = cap.read()
     assert ok and frame.shape == (480, 640, 3)
     assert json.loads(stats.read_text())["frames"] == 6 == count_frames(out)
+
+
+class _CompilingBackend(TorchBackend):
+    """A torch backend that says it compiles per shape, and records what it runs."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[tuple[tuple[int, ...], bool]] = []
+
+    @property
+    def compiles_per_shape(self) -> bool:
+        return True
+
+    def _infer(self, batch):
+        self.calls.append((batch.shape, not batch.any()))
+        return super()._infer(batch)
+
+
+def test_pipeline_warms_up_a_compiling_backend_first(clips, tmp_path):
+    be = _CompilingBackend(FusionNet(TINY), threads=1, retain_memory=False)
+    reader = PairReader(FrameSource(clips[0], "ir"), FrameSource(clips[1], "vis"))
+    stats = VideoPipeline(reader, be, tmp_path / "f.mp4", batch_size=2, progress=False).run()
+    # one warm-up on zeros at the visible size and batch, before any frame
+    assert be.calls[0] == ((2, 2, 48, 64), True)
+    assert all(not zeros for _, zeros in be.calls[1:]) and stats.frames == 8
+    assert sum(shape[0] for shape, _ in be.calls[1:]) == 8
+
+
+def test_video_torch_only_flags_fail_before_opening_inputs(tmp_path, capsys):
+    missing = tmp_path / "missing.mp4"  # never opened: the option error comes first
+    with pytest.raises(SystemExit) as exc:
+        main(["--ir", str(missing), "--vis", str(missing), "-o", str(tmp_path / "o.mp4"),
+              "--compile", "--backend", "onnxruntime"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "refusion-video: error: --compile needs the torch backend (--backend torch or auto), "
+        "not --backend onnxruntime")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from refusion.cli._common import TASKS, add_backend_options, cli_entry
+from refusion.cli._common import TASKS, add_backend_options, backend_choice, cli_entry
 from refusion.engine import BACKENDS, create_backend
 from refusion.engine.files import PairPaths, match_pairs
 from refusion.engine.preprocess import stack_inputs
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = resolve_weights(args.weights, args.task)
     label = weights_label(args.weights, weights)
     _check_task(weights, args.task, label)
-    backend = create_backend(args.backend, weights, device=args.device)
+    name, options = backend_choice(args)
+    backend = create_backend(name, weights, device=args.device, **options)
     bar = tqdm(total=len(pairs), desc="fuse", unit="pair", file=sys.stderr,
                disable=args.quiet or len(pairs) == 1)
     with backend, bar:

@@ -16,12 +16,15 @@ def _info() -> int:
 
     from refusion import __version__
     from refusion._native import build_info
+    from refusion.engine.backends.torch_backend import has_bf16_hardware
 
     info = {
         "refusion": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
+        # whether --bf16 is fast here (AVX512-BF16 or AMX)
+        "cpu_bf16": has_bf16_hardware("cpu"),
         "native": build_info(),
     }
     print(json.dumps(info, indent=2))

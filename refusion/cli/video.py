@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from refusion.cli._common import TASKS, add_backend_options, cli_entry
+from refusion.cli._common import TASKS, add_backend_options, backend_choice, cli_entry
 from refusion.engine import BACKENDS, create_backend
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor
@@ -110,6 +110,7 @@ def _estimate(args: argparse.Namespace, reader: PairReader) -> int:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    backend_name, options = backend_choice(args)  # before any camera or file is opened
     reader = _reader(args)
     for w in reader.stats.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     h = load_homography(args.homography) if args.homography else None
-    backend = create_backend(args.backend, weights, device=args.device,
+    backend = create_backend(backend_name, weights, device=args.device, **options,
                              spin=False)  # idle ORT threads must not starve decode/encode
     src = (args.sbs,) if args.sbs else (args.ir, args.vis)
     print(f"{PROG}: {' + '.join(map(str, src))} -> {out} ({backend.name} on {backend.device}, "
