@@ -125,12 +125,14 @@ def test_backend_errors_are_user_errors(case, tiny_onnx, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("form", [False, True], ids=["training-form", "inference-form"])
-def test_torch_cuda_matches_cpu(tiny, half, form):
+def test_torch_cuda_matches_cpu(tiny, precision, form):
     # CUDA graphs are captured per shape: two shapes, each run twice (capture, then replay).
     cpu = TorchBackend(tiny, "cpu", retain_memory=False, inference_form=False, threads=1)
-    gpu = TorchBackend(tiny, "cuda", half=half, cuda_graphs=True, inference_form=form)
+    gpu = TorchBackend(tiny, "cuda", half=precision == "fp16", bf16=precision == "bf16",
+                       cuda_graphs=True, inference_form=form)
+    tolerance = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 2e-2}[precision]  # 11 / 8 mantissa bits
     threads = torch.get_num_threads()
     try:
         with cpu, gpu:
@@ -140,7 +142,7 @@ def test_torch_cuda_matches_cpu(tiny, half, form):
                 for _ in range(2):
                     got = gpu.infer(x)
                     assert got.shape == want.shape and got.dtype == np.float32
-                    assert np.abs(got - want).max() < (2e-3 if half else 1e-4)
+                    assert np.abs(got - want).max() < tolerance
     finally:
         torch.set_num_threads(threads)
 
