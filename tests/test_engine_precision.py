@@ -93,7 +93,7 @@ def test_cli_bf16_selects_torch_and_rejects_other_backends(pair_files, tmp_path,
                    "auto), not --backend onnxruntime"]
     out = tmp_path / "f.png"
     assert fuse_main([str(a), str(b), "-o", str(out), "--bf16", "-q"]) == 0
-    assert "(torch, cpu" in capsys.readouterr().err
+    assert "(torch bf16, cpu" in capsys.readouterr().err
     fused, ref = cv2.imread(str(out)), tmp_path / "ref.png"
     assert fuse_main([str(a), str(b), "-o", str(ref), "-q", "--backend", "torch"]) == 0
     diff = np.abs(fused.astype(int) - cv2.imread(str(ref)).astype(int))

@@ -42,6 +42,12 @@ def backend_choice(args) -> tuple[str, dict]:
     return name, opts
 
 
+def mode_label(options: dict) -> str:
+    """`` bf16 compiled`` for the messages of a run with those torch options, else ``""``."""
+    words = [w for k, w in (("bf16", "bf16"), ("compile", "compiled")) if options.get(k)]
+    return "".join(f" {w}" for w in words)
+
+
 def _prog_name(fn: Callable) -> str:
     """``refusion.cli.fuse`` -> ``refusion-fuse``; ``refusion.cli.main`` -> ``refusion``."""
     leaf = fn.__module__.rsplit(".", 1)[-1]

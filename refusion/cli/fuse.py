@@ -14,7 +14,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from refusion.cli._common import TASKS, add_backend_options, backend_choice, cli_entry
+from refusion.cli._common import (
+    TASKS,
+    add_backend_options,
+    backend_choice,
+    cli_entry,
+    mode_label,
+)
 from refusion.engine import BACKENDS, create_backend
 from refusion.engine.files import PairPaths, match_pairs
 from refusion.engine.preprocess import stack_inputs
@@ -118,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                     write_image(panel_dest, panel(images[i][0], images[i][1], img))
             bar.update(len(chunk))
     where = out if folder else _outputs(pairs[0], out, False, ext)[0]
-    print(f"wrote {len(pairs)} image{'s' * (len(pairs) > 1)} to {where} ({backend.name}, "
-          f"{backend.device}, weights {label})", file=sys.stderr)
+    print(f"wrote {len(pairs)} image{'s' * (len(pairs) > 1)} to {where} "
+          f"({backend.name}{mode_label(options)}, {backend.device}, weights {label})",
+          file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-from refusion.cli._common import TASKS, add_backend_options, backend_choice, cli_entry
+from refusion.cli._common import (
+    TASKS,
+    add_backend_options,
+    backend_choice,
+    cli_entry,
+    mode_label,
+)
 from refusion.engine import BACKENDS, create_backend
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = create_backend(backend_name, weights, device=args.device, **options,
                              spin=False)  # idle ORT threads must not starve decode/encode
     src = (args.sbs,) if args.sbs else (args.ir, args.vis)
-    print(f"{PROG}: {' + '.join(map(str, src))} -> {out} ({backend.name} on {backend.device}, "
+    print(f"{PROG}: {' + '.join(map(str, src))} -> {out} "
+          f"({backend.name}{mode_label(options)} on {backend.device}, "
           f"weights {weights_label(args.weights, weights)}, "
           f"{reader.vis_size[0]}x{reader.vis_size[1]} at {reader.fps:g} fps)", file=sys.stderr)
     pipe = VideoPipeline(
