@@ -103,3 +103,9 @@ def test_cli_bf16_selects_torch_and_rejects_other_backends(pair_files, tmp_path,
 def test_registry_passes_bf16_to_the_torch_backend(net):
     assert create_backend("torch", net, device="cpu", bf16=True).bf16
     assert not create_backend("torch", net, device="cpu").bf16
+
+
+def test_compile_runs_the_references_by_default(net):
+    # Inductor fuses the reference GELU gate; the native op is opaque to it
+    assert TorchBackend(net).native and not TorchBackend(net, compile=True).native
+    assert TorchBackend(net, compile=True, native=True).native
