@@ -61,7 +61,7 @@ def has_bf16_hardware(device: str = "cpu") -> bool:
     return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
 
 
-def warn_without_bf16_hardware(device: str) -> None:
+def _warn_without_bf16_hardware(device: str) -> None:
     if not has_bf16_hardware(device):
         warnings.warn(f"{device} has no native BF16 arithmetic: --bf16 will run slower than FP32",
                       RuntimeWarning, stacklevel=3)
@@ -100,7 +100,7 @@ class TorchBackend(Backend):
         half: FP16 weights and activations (CUDA only).
         bf16: BF16 weights and activations (reductions still accumulate in float32), output
             returned as float32. Not the same images as FP32: about 56 dB PSNR against it
-            (``tests/test_engine_bf16.py`` gates at 50 dB). Fast only where the hardware has
+            (``tests/test_engine_precision.py`` gates at 50 dB). Fast only where the hardware has
             BF16 arithmetic (CPU: AVX512-BF16 or AMX; CUDA: Ampere or newer); elsewhere a
             warning says it will be slower than FP32.
         cuda_graphs: capture one CUDA graph per input shape and replay it (CUDA only).
@@ -108,7 +108,7 @@ class TorchBackend(Backend):
             the pure-PyTorch references, as the benchmark baseline does). Default: on, except
             with ``compile``, where Inductor fuses the reference GELU gate into the loops around
             it and the opaque native op would block that (FP32 at 480x640: 0.92 s a frame with
-            the native gate, 0.59-0.61 s without).
+            the native gate, 0.53-0.71 s without in five measurements).
         threads: intra-op threads on CPU (default: physical cores).
         retain_memory: keep freed memory in the process
             (:func:`refusion.engine.memory.retain_freed_memory`: process-wide, for the rest of
@@ -181,7 +181,7 @@ class TorchBackend(Backend):
         if self.half:
             model = model.half()
         elif self.bf16:
-            warn_without_bf16_hardware(self.device)
+            _warn_without_bf16_hardware(self.device)
             model = model.to(torch.bfloat16)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

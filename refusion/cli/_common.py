@@ -44,8 +44,7 @@ def backend_choice(args) -> tuple[str, dict]:
 
 def mode_label(options: dict) -> str:
     """`` bf16 compiled`` for the messages of a run with those torch options, else ``""``."""
-    words = [w for k, w in (("bf16", "bf16"), ("compile", "compiled")) if options.get(k)]
-    return "".join(f" {w}" for w in words)
+    return " bf16" * bool(options.get("bf16")) + " compiled" * bool(options.get("compile"))
 
 
 def _prog_name(fn: Callable) -> str:

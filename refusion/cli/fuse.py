@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    name, options = backend_choice(args)
     ext = args.ext if args.ext.startswith(".") else f".{args.ext}"
     pairs, unmatched = match_pairs(args.a, args.b)
     folder = Path(args.a).is_dir()
@@ -95,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     weights = resolve_weights(args.weights, args.task)
     label = weights_label(args.weights, weights)
     _check_task(weights, args.task, label)
-    name, options = backend_choice(args)
     backend = create_backend(name, weights, device=args.device, **options)
     bar = tqdm(total=len(pairs), desc="fuse", unit="pair", file=sys.stderr,
                disable=args.quiet or len(pairs) == 1)
