@@ -18,6 +18,7 @@ from refusion.engine.backends.torch_backend import (
 )
 
 from refusion.cli.fuse import main as fuse_main
+from refusion.errors import UserError
 from refusion.train.synthetic import photo
 from refusion.zoo import resolve_weights
 
@@ -64,7 +65,7 @@ def test_bf16_is_close_to_fp32_and_leaves_the_module_alone(net):
 
 
 def test_half_and_bf16_exclude_each_other(net):
-    with pytest.raises(Exception, match="not both"):
+    with pytest.raises(UserError, match="not both"):
         TorchBackend(net, half=True, bf16=True)
 
 
