@@ -120,6 +120,8 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
     for row in ("| learned |", "| fixed |", "| decision |", "| average |", "| maximum |"):
         assert row in page
     assert "learnt loss beats the fixed loss" in page
+    assert "**Does the learnt V follow focus?**" in page  # multi-focus pages check P's V maps
+    assert "paper's own numbers for this task are not in the table" in page
     from refusion.repro.report import Scores, collapse_notes
 
     copied = Scores("mfif", ("EN",), {"m": {"p1": {"EN": 1.0}, "p2": {"EN": 1.0}}},

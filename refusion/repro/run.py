@@ -116,9 +116,17 @@ def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
     plot_example(a255, b255, fused, maps, results / f"{task}_example.png",
                  f"{example.name}: sources, fused ({', '.join(variants)}), learnt W_a and V_a "
                  f"of '{variants[0]}' (1 = all weight on I_a)")
+    focus = ""
+    if task == "mfif" and "learned" in ckpts:
+        from refusion.repro.focus import checkpoint_focus_agreement
+
+        try:
+            focus = checkpoint_focus_agreement(ckpts["learned"], split.test).sentence()
+        except ValueError as e:  # e.g. no test pair with both sources in focus somewhere
+            focus = f"(V vs focus not measured: {e}.)"
     page = results / f"{task}.md"
     atomic_write_text(page, _page(task, split, recipe, variants, task_dir, scores, ckpts,
-                                  overrides))
+                                  overrides, focus))
     if publish is not None:
         for v, ckpt in ckpts.items():
             if v in PUBLISHED:
@@ -185,7 +193,7 @@ def _verdict(scores: Scores) -> str:
 
 
 def _page(task: str, split: Split, recipe: str, variants, task_dir: Path, scores: Scores,
-          ckpts: dict[str, Path], overrides) -> str:
+          ckpts: dict[str, Path], overrides, focus: str = "") -> str:
     from refusion import __version__
     from refusion.train.trainer import load_run_config
 
@@ -198,6 +206,10 @@ def _page(task: str, split: Split, recipe: str, variants, task_dir: Path, scores
                     f" meta + {s.fusion_steps} fusion) | {s.patch}x{s.patch}, batch {s.batch} | "
                     f"{'' if wt is None else f'{wt / 60:.1f} min'} | `{ckpts[v].name}` |")
     extra = [r for r in (PAPER_ROWS.get(task), PAPER_FIXED.get(task)) if r]
+    paper = ("Rows in italics are the paper's, on its own test set: for scale only." if extra
+             else "The paper's own numbers for this task are not in the table: we could not "
+             "read its tables for this task (only the MSRS figures of Table 4 are quoted in "
+             "`refusion/repro/report.py`, `PAPER_ROWS`).")
     rec = Path(recipe_path(task, recipe)).name
     cmd = f"refusion repro {task} --data ../shared/data --recipe {recipe} " \
           f"--variants {','.join(variants)}" + "".join(f" {o}" for o in overrides)
@@ -219,12 +231,13 @@ Recipe `{rec}`
 
 All models at the fixed output scale ([0, 1] -> [0, 255], no per-image min-max), rounded to 8
 bits; metrics on the luma with the default conventions of `refusion.metrics`. Best mean per
-column in bold. Rows in italics are the paper's, on its own test set: for scale only.
+column in bold. {paper}
 
 {markdown_table(scores, extra)}
 {_verdict(scores)}
 {"".join(chr(10) + "- " + line for line in collapse_notes(scores))}
 {NOTES.get(task, "")}
+{focus}
 
 Per-image values: [`{task}.json`]({task}.json).
 
