@@ -67,6 +67,49 @@ def test_resume_is_bit_identical(mf_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "full" / "panels").iterdir())
 
 
+def test_warmup_schedule_prepends_fusion_steps_as_epoch_0():
+    from refusion.errors import UserError
+    from refusion.train.config import StepSchedule, total_steps
+
+    plain, warm = StepSchedule(2, 5), StepSchedule(2, 5, warmup=3)
+    assert [plain(s) for s in range(10)] == [True, True, False, False, False] * 2
+    assert [warm(s) for s in range(13)] == [False] * 3 + [True, True, False, False, False] * 2
+    assert [warm.epoch(s) for s in range(13)] == [0] * 3 + [1] * 5 + [2] * 5
+    assert [s for s in range(13) if warm.epoch_ends(s)] == [2, 7, 12]
+    assert [s for s in range(10) if plain.epoch_ends(s)] == [4, 9]
+    cfg = _cfg(Path("."), "schedule.warmup_steps=3")
+    assert StepSchedule.of(cfg) == StepSchedule(2, 5, 3)
+    assert total_steps(cfg) == 3 + 2 * 5
+    with pytest.raises(UserError, match="schedule.warmup_steps"):
+        _cfg(Path("."), "schedule.warmup_steps=-1")
+
+
+def test_warmup_equals_a_fusion_only_run_resumed_with_meta_steps(mf_data, tmp_path):
+    """``schedule.warmup_steps=W`` is exactly what tests/test_trainer_multifocus.py does by hand:
+    W fusion steps with P untouched, then Algorithm 1 resumed from that checkpoint."""
+    from refusion.train.trainer import load_run_config
+
+    one = Trainer(_cfg(mf_data, "schedule.warmup_steps=5", "schedule.epochs=1"),
+                  tmp_path / "one", quiet=True)
+    p0 = {k: v.clone() for k, v in one.proposal.state_dict().items()}
+    one.fit()
+    assert one.step == 5 + 5
+    # by hand, the warm-up must last one epoch of the resumed schedule (2 meta + 3 fusion)
+    by_hand = Trainer(_cfg(mf_data, "schedule.epochs=1", "schedule.meta_steps=0",
+                           "schedule.fusion_steps=5"), tmp_path / "hand", quiet=True)
+    by_hand.fit()
+    assert all(torch.equal(p0[k], v) for k, v in by_hand.proposal.state_dict().items())
+    cfg2 = load_run_config(tmp_path / "hand", ["schedule.epochs=2", "schedule.meta_steps=2",
+                                               "schedule.fusion_steps=3"])
+    resumed = Trainer(cfg2, tmp_path / "hand", resume=True, quiet=True)
+    resumed.fit()
+    assert resumed.step == 10
+    a, b = _weights(one), _weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not all(torch.equal(p0[k], v) for k, v in one.proposal.state_dict().items())
+
+
 def test_resume_applies_new_learning_rates(mf_data, tmp_path):
     part = Trainer(_cfg(mf_data, "schedule.max_steps=5"), tmp_path / "run", quiet=True)
     part.fit()

@@ -78,7 +78,13 @@ class MetaConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Algorithm 1's loop sizes (paper: L = 50, M = 600, N = 1622, batch 4, 128x128 patches)."""
+    """Algorithm 1's loop sizes (paper: L = 50, M = 600, N = 1622, batch 4, 128x128 patches).
+
+    ``warmup_steps`` (not in the paper; default 0) are fusion steps with P at its
+    initialisation (W = V = 1/2) before the first epoch, validated as an epoch of their own
+    (epoch 0, the paper's epochs then count from 1): meta steps on an untrained F carry almost
+    no signal for V (docs/training.md, Known limitations).
+    """
 
     epochs: int = 50
     meta_steps: int = 600
@@ -86,6 +92,7 @@ class ScheduleConfig:
     batch: int = 4
     patch: int = 128
     max_steps: int = 0  # stop after this many steps in total (0 = the whole schedule)
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -195,6 +202,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"config key '{key}' must be >= 1, got {value}")
     if s.meta_steps < 0 or s.fusion_steps < 1:
         raise UserError("schedule.meta_steps must be >= 0 and schedule.fusion_steps >= 1")
+    if s.warmup_steps < 0:
+        raise UserError(f"config key 'schedule.warmup_steps' must be >= 0, got {s.warmup_steps}")
     if not 0.0 < cfg.data.meta_test_fraction < 1.0:
         raise UserError("data.meta_test_fraction must lie strictly between 0 and 1")
     if cfg.fusion.dim % cfg.fusion.heads:
@@ -211,29 +220,35 @@ def meta_steps_per_epoch(cfg: TrainConfig) -> int:
 
 
 def total_steps(cfg: TrainConfig) -> int:
-    full = cfg.schedule.epochs * steps_per_epoch(cfg)
+    full = cfg.schedule.warmup_steps + cfg.schedule.epochs * steps_per_epoch(cfg)
     return min(full, cfg.schedule.max_steps) if cfg.schedule.max_steps > 0 else full
 
 
 @dataclass(frozen=True)
 class StepSchedule:
-    """Where a global step falls in Algorithm 1: each epoch is ``meta`` meta steps, then
-    ``per_epoch - meta`` fusion steps. Picklable (DataLoader workers call it)."""
+    """Where a global step falls in Algorithm 1: after ``warmup`` fusion steps (epoch 0 when
+    there are any), each epoch is ``meta`` meta steps, then ``per_epoch - meta`` fusion steps.
+    Picklable (DataLoader workers call it)."""
 
     meta: int
     per_epoch: int
+    warmup: int = 0
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> StepSchedule:
-        return cls(meta_steps_per_epoch(cfg), steps_per_epoch(cfg))
+        return cls(meta_steps_per_epoch(cfg), steps_per_epoch(cfg), cfg.schedule.warmup_steps)
 
     def epoch(self, step: int) -> int:
-        return step // self.per_epoch
+        if step < self.warmup:
+            return 0
+        return (step - self.warmup) // self.per_epoch + (1 if self.warmup else 0)
 
     def __call__(self, step: int) -> bool:
         """True when ``step`` is a meta step."""
-        return step % self.per_epoch < self.meta
+        return step >= self.warmup and (step - self.warmup) % self.per_epoch < self.meta
 
     def epoch_ends(self, step: int) -> bool:
-        """True when ``step`` is the last step of its epoch."""
-        return (step + 1) % self.per_epoch == 0
+        """True when ``step`` is the last step of its epoch (or of the warm-up)."""
+        if step < self.warmup:
+            return step + 1 == self.warmup
+        return (step + 1 - self.warmup) % self.per_epoch == 0
