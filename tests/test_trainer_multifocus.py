@@ -6,9 +6,10 @@ Setting (see docs/training.md, 'Known limitations', for why each choice matters)
 * Data: generated pairs of textured photographs with a strong blur (sigma 3-4) over smooth
   random regions, each pair in both source orders (neither input channel is in focus more
   often than the other).
-* Schedule: a warm-up of F with P at its initialisation (W = V = 1/2, no meta steps), then
-  Algorithm 1 resumed from that checkpoint: one block of meta steps, then fusion steps with the
-  learnt loss. Meta steps on the random F carry almost no signal (its output is too smooth for
+* Schedule: a warm-up of F with P at its initialisation (``schedule.warmup_steps``: W = V =
+  1/2, no meta steps), then one epoch of Algorithm 1: a block of meta steps, then fusion steps
+  with the learnt loss (the run stops after the warm-up for the negative control, then
+  resumes). Meta steps on the random F carry almost no signal (its output is too smooth for
   ``grad I_f`` to lie between ``grad I_a`` and ``grad I_b``, where V acts) and only shift P.
 * R stays at its random initialisation (``optim.lr_reconstruction=0``; its inner step in the
   meta step still applies). The focus signal of ``L_r`` comes from R's outputs being smoother
@@ -72,8 +73,9 @@ def test_v_favours_the_in_focus_source(tmp_path):
     held_out = multifocus_pairs(["coins"], 2, 5, side=96, sigma=SIGMA)
     run = tmp_path / "run"
     cfg = build_config("mfif", None, [
-        f"data.root={tmp_path / 'd'}", "schedule.epochs=1", "schedule.meta_steps=0",
-        f"schedule.fusion_steps={WARMUP}", "schedule.patch=32", "schedule.batch=4",
+        f"data.root={tmp_path / 'd'}", f"schedule.warmup_steps={WARMUP}", "schedule.epochs=1",
+        f"schedule.meta_steps={META}", f"schedule.fusion_steps={WARMUP - META}",
+        f"schedule.max_steps={WARMUP}", "schedule.patch=32", "schedule.batch=4",
         "fusion.dim=8", "fusion.blocks=1", "fusion.heads=2", "proposal.width=8",
         "reconstruction.width=8", "optim.lr_proposal=3e-3", "optim.lr_fusion=1e-3",
         "optim.lr_reconstruction=0", "log.progress=false", "log.tensorboard=false",
@@ -82,17 +84,15 @@ def test_v_favours_the_in_focus_source(tmp_path):
     warm = Trainer(cfg, run, quiet=True)
     warm.fit()
 
-    # Negative control: before any meta step the checks below fail.
+    # Negative control: after the warm-up, before any meta step, the checks below fail.
     for pair in held_out:
         m = _measure(warm, pair)
         assert m["v_a|A"] == m["v_a|B"] == 0.5, m
         assert not _v_favours_in_focus(m) and not _sharper_than_average(m), m
         assert m["sharp|A"] < 1.0 and m["sharp|B"] < 1.0, m  # the fixed loss blurs
 
-    # Algorithm 1 from the warm-up checkpoint: epoch 1 = META meta steps, then fusion steps.
-    cfg2 = load_run_config(run, ["schedule.epochs=2", f"schedule.meta_steps={META}",
-                                 f"schedule.fusion_steps={WARMUP - META}"])
-    tr = Trainer(cfg2, run, resume=True, quiet=True)
+    # Algorithm 1 after the warm-up: META meta steps, then fusion steps.
+    tr = Trainer(load_run_config(run, ["schedule.max_steps=0"]), run, resume=True, quiet=True)
     assert tr.step == WARMUP and tr.schedule(WARMUP) and not tr.schedule(WARMUP + META)
     tr.fit()
     assert tr.step == 2 * WARMUP
