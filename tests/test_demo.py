@@ -14,6 +14,8 @@ def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "average" in out and "ReFusion (demo)" in out and "PSNR_ref" in out
+    assert "2 warm-up fusion steps" in out and "R kept at its initialisation" in out
+    assert "learnt V_a (1 = gradients from source a) where a / b is in focus: camera_0" in out
     pic = tmp_path / "demo_mfif.png"
     assert str(pic) in out
     img = cv2.imread(str(pic))
@@ -40,3 +42,31 @@ def test_demo_also_fuses_with_shipped_weights(tmp_path, monkeypatch, capsys):
     assert "shipped 'mfif'" in out
     row = next(line for line in out.splitlines() if line.startswith("shipped 'mfif'"))
     assert all(v == v for v in map(float, row.split()[2:]))  # numbers, no NaN
+
+
+def test_demo_meif_quick_trains_r(tmp_path, capsys):
+    from refusion.train.demo import BUDGETS, quick_budget, run_demo
+
+    assert quick_budget("meif").warmup == 0 and not BUDGETS["meif"].freeze_r
+    res = run_demo("meif", tmp_path, quick=True, log=print)
+    out = capsys.readouterr().out
+    assert "warm-up" not in out and "R kept" not in out and "better exposed" in out
+    assert res["picture"].name == "demo_meif.png" and res["picture"].is_file()
+    with pytest.raises(ValueError, match="no demo for task 'ivif'"):
+        run_demo("ivif", tmp_path, quick=True)
+
+
+@pytest.mark.slow
+def test_full_mfif_demo_learns_the_focus_map_and_beats_averaging(tmp_path):
+    """The README's main job, at its real size (about 80 s): on each held-out photo the learnt
+    V_a is higher where source a is in focus than where b is, and the demo model is sharper
+    than averaging and closer to the all-in-focus original."""
+    from refusion.train.demo import run_demo
+
+    res = run_demo("mfif", tmp_path, log=lambda s: None)
+    assert len(res["v_a"]) == 3
+    for name, (in_a, in_b) in res["v_a"].items():
+        assert in_a > in_b + 0.3, (name, in_a, in_b)
+    demo, avg = res["table"]["ReFusion (demo)"], res["table"]["average"]
+    for metric in ("SF", "AG", "Qabf", "PSNR_ref", "SSIM_ref"):
+        assert demo[metric] > avg[metric], (metric, demo[metric], avg[metric])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ from refusion.train.synthetic import (
     SynthPair,
     available_photos,
     make_pairs,
+    multifocus_pairs,
     write_pairs,
 )
 from refusion.train.trainer import Trainer
@@ -37,7 +38,14 @@ METRICS = ("EN", "SD", "SF", "AG", "Qabf")
 
 @dataclass
 class DemoBudget:
-    """How much the demo trains (default: about 3-5 minutes on two CPU cores)."""
+    """How much the demo trains, and how (about 1-3 minutes on two CPU cores).
+
+    ``warmup``: fusion steps with P at its initialisation before Algorithm 1
+    (``schedule.warmup_steps``); ``freeze_r``: keep R at its initialisation
+    (``optim.lr_reconstruction=0``); ``both_orders``: every training pair also with its sources
+    swapped. The multi-focus demo uses all three: with them, P learns the paper's focus map in a
+    minute (docs/training.md, Known limitations, says why each matters).
+    """
 
     side: int = 160
     per_photo: int = 2
@@ -47,10 +55,23 @@ class DemoBudget:
     patch: int = 64
     batch: int = 4
     photos: int = len(TRAIN_PHOTOS)
+    warmup: int = 0
+    freeze_r: bool = False
+    both_orders: bool = False
+    lr_proposal: float = 1e-3
 
 
-QUICK = DemoBudget(side=48, per_photo=1, epochs=1, meta_steps=2, fusion_steps=3, patch=32,
-                   batch=2, photos=2)
+BUDGETS = {
+    "mfif": DemoBudget(per_photo=1, epochs=1, meta_steps=80, fusion_steps=220, patch=48,
+                       warmup=300, freeze_r=True, both_orders=True, lr_proposal=3e-3),
+    "meif": DemoBudget(),
+}
+
+
+def quick_budget(task: str) -> DemoBudget:
+    """The task's demo at toy size (tests): the same code paths in a few seconds."""
+    return replace(BUDGETS[task], side=48, per_photo=1, epochs=1, meta_steps=2, fusion_steps=3,
+                   patch=32, batch=2, photos=2, warmup=min(BUDGETS[task].warmup, 2))
 
 
 def _settings(b: DemoBudget, root: Path, seed: int) -> list[str]:
@@ -61,13 +82,23 @@ def _settings(b: DemoBudget, root: Path, seed: int) -> list[str]:
         "threads=1",
         f"schedule.meta_steps={b.meta_steps}", f"schedule.fusion_steps={b.fusion_steps}",
         f"schedule.patch={b.patch}", f"schedule.batch={b.batch}",
+        f"schedule.warmup_steps={b.warmup}",
         # A small F (about 7k parameters) and faster learning rates, so minutes suffice.
         "fusion.dim=8", "fusion.blocks=1", "fusion.heads=2", "proposal.width=8",
-        "reconstruction.width=8", "optim.lr_fusion=1e-3", "optim.lr_reconstruction=1e-3",
-        "optim.lr_proposal=1e-3", "meta.inner_lr_fusion=1e-2",
+        "reconstruction.width=8", "optim.lr_fusion=1e-3",
+        f"optim.lr_reconstruction={0 if b.freeze_r else 1e-3}",
+        f"optim.lr_proposal={b.lr_proposal}", "meta.inner_lr_fusion=1e-2",
         "meta.inner_lr_reconstruction=1e-2", "log.tensorboard=false", "log.panel_every=100000",
         f"log.checkpoint_every={10**9}",
     ]
+
+
+def _describe(b: DemoBudget) -> str:
+    text = (f"meta-training a small F: {b.warmup} warm-up fusion steps, then " if b.warmup
+            else "meta-training a small F: ")
+    text += f"{b.epochs} x ({b.meta_steps} meta + {b.fusion_steps} fusion) steps"
+    text += f" at {b.patch}x{b.patch}, batch {b.batch}"
+    return text + ("; R kept at its initialisation (see docs/training.md)" if b.freeze_r else "")
 
 
 def _scores(p: SynthPair, fused: np.ndarray) -> dict[str, float]:
@@ -101,21 +132,29 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
     """Generate data, meta-train, fuse held-out pairs, print the table, save the picture.
 
     Returns:
-        ``{"table": {method: {metric: mean}}, "picture": Path, "run_dir": Path, "seconds": s}``.
+        ``{"table": {method: {metric: mean}}, "picture": Path, "run_dir": Path, "seconds": s,
+        "v_a": {pair: (mean V_a where a holds the better content, mean V_a where b does)}}``.
     """
-    budget = QUICK if quick else DemoBudget()
+    if task not in BUDGETS:
+        raise ValueError(f"no demo for task {task!r} (choose from {', '.join(BUDGETS)})")
+    budget = quick_budget(task) if quick else BUDGETS[task]
     out = Path(out)
     t0 = time.time()
     train_photos = available_photos(TRAIN_PHOTOS)[: budget.photos]
     test_photos = available_photos(TEST_PHOTOS)[: 1 if quick else None]
     log(f"generating {task} pairs from {len(train_photos)} bundled photos "
         f"(held out: {', '.join(test_photos)})")
-    train_pairs = make_pairs(task, train_photos, budget.per_photo, seed, budget.side)
+    if task == "mfif":
+        train_pairs = multifocus_pairs(train_photos, budget.per_photo, seed, budget.side,
+                                       both_orders=budget.both_orders)
+    else:
+        train_pairs = make_pairs(task, train_photos, budget.per_photo, seed, budget.side)
     test_pairs = make_pairs(task, test_photos, 1, seed + 1000, budget.side)
     with tempfile.TemporaryDirectory(prefix="refusion-demo-") as tmp:
         write_pairs(train_pairs, tmp, task)
         cfg = build_config(task, None, _settings(budget, Path(tmp), seed) + (
             ["log.progress=false"] if quick else []))
+        log(_describe(budget))
         run_dir = out / f"run-{task}"
         if run_dir.exists():
             import shutil
@@ -130,6 +169,7 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
         log(f"also fusing with the shipped weights '{shipped[0]}' (trained on real {task} "
             "pairs, see docs/results)")
     rows = []
+    v_split: dict[str, tuple[float, float]] = {}
     trainer.fusion.eval()
     for p in test_pairs:
         avg = 0.5 * (p.a + p.b)
@@ -138,6 +178,8 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
             tb = torch.from_numpy(p.b)[None, None].to(trainer.device)
             fused = fuse(trainer.fusion, None, ta, tb)[0, 0].float().cpu().numpy()
             w = trainer.proposal(ta, tb)
+        v_a, in_a = w.v_a[0, 0].cpu().numpy(), p.mask > 0.5
+        v_split[p.name] = (float(v_a[in_a].mean()), float(v_a[~in_a].mean()))
         results = [("average", avg), ("ReFusion (demo)", fused)]
         if shipped is not None:
             results.append((f"shipped '{shipped[0]}'", fuse_lumas(shipped[1], p.a, p.b)))
@@ -155,8 +197,12 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
         cv2.imwrite(str(tmp_png), np.vstack(rows))
     seconds = time.time() - t0
     log(format_table(table))
+    good = "in focus" if task == "mfif" else "better exposed"
+    log(f"learnt V_a (1 = gradients from source a) where a / b is {good}: "
+        + ", ".join(f"{n} {va:.2f} / {vb:.2f}" for n, (va, vb) in v_split.items()))
     log(f"trained {trainer.step} steps in {seconds:.0f} s; picture: {picture}")
-    return {"table": table, "picture": picture, "run_dir": run_dir, "seconds": seconds}
+    return {"table": table, "picture": picture, "run_dir": run_dir, "seconds": seconds,
+            "v_a": v_split}
 
 
 def _shipped_model(task: str):
