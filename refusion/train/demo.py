@@ -187,7 +187,7 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
             for k, v in _scores(p, img).items():
                 table[name][k] = table[name].get(k, 0.0) + v / len(test_pairs)
         extra = [results[2][1]] if shipped is not None else []
-        rows.append(_row([p.a, p.b, avg, fused, *extra, p.reference, w.v_a[0, 0].cpu().numpy()],
+        rows.append(_row([p.a, p.b, avg, fused, *extra, p.reference, v_a],
                          ["source a", "source b", "average", "ReFusion",
                           *(["shipped"] if extra else []), "reference", "V_a"]))
     width = max(r.shape[1] for r in rows)
