@@ -10,9 +10,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "demo",
         help="meta-train a small model on generated pairs and compare it with averaging",
         description="Generates multi-focus (or multi-exposure) pairs from scikit-image's bundled "
-        "photographs, meta-trains a small ReFusion with Algorithm 1 on the CPU for a few "
-        "minutes, fuses held-out pairs, prints metrics against plain averaging and saves a "
-        "side-by-side picture.",
+        "photographs, meta-trains a small ReFusion with Algorithm 1 on the CPU for about a "
+        "minute and a half (mfif: after a warm-up, with R kept at its initialisation; see "
+        "docs/training.md), fuses held-out pairs, prints metrics against plain averaging and "
+        "the learnt V_a per region, and saves a side-by-side picture.",
     )
     p.add_argument("--task", choices=("mfif", "meif"), default="mfif")
     p.add_argument("--out", default="refusion-demo", help="output folder (default %(default)s)")
