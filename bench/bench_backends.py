@@ -19,8 +19,9 @@ import torch
 from refusion.engine import available_backends
 from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 from refusion.engine.backends.tensorrt_backend import TensorRTBackend, tensorrt_available
-from refusion.engine.backends.torch_backend import TorchBackend, has_bf16_hardware
+from refusion.engine.backends.torch_backend import TorchBackend, has_bf16_hardware, load_module
 from refusion.engine.onnx_cache import export_onnx_file
+from skimage.metrics import peak_signal_noise_ratio
 
 from refusion.models import FusionConfig, FusionNet
 
@@ -65,8 +66,6 @@ def _memory_retained() -> bool:
 def model() -> FusionNet:
     """The shipped ``ivif`` weights: the published architecture (``FusionNet()``), and trained,
     so that the reduced-precision rows' PSNR describes real outputs."""
-    from refusion.engine.backends.torch_backend import load_module
-
     from refusion.zoo import resolve_weights
 
     net = load_module(resolve_weights("ivif", "ivif")).eval()
@@ -128,12 +127,6 @@ def photo_pair(h: int, w: int) -> np.ndarray:
     return np.stack([a, b])[None].astype(np.float32)
 
 
-def psnr(y: np.ndarray, ref: np.ndarray) -> float:
-    """PSNR in dB of ``y`` against ``ref`` (both in [0, 1])."""
-    mse = float(np.mean((y.astype(np.float64) - ref) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
-
-
 def _fp32_reference(model, x: np.ndarray) -> np.ndarray:
     with TorchBackend(model, "cpu", retain_memory=False) as ref:
         return ref.infer(x)
@@ -160,5 +153,6 @@ def test_latency(benchmark, config, size, model, onnx_path, request):
                                     describe={k: str(v) for k, v in be.describe().items()})
         opts = CONFIGS[config][1]
         if opts.get("half") or opts.get("bf16"):
-            benchmark.extra_info["psnr_vs_fp32"] = psnr(y, _fp32_reference(model, x))
+            benchmark.extra_info["psnr_vs_fp32"] = float(
+                peak_signal_noise_ratio(_fp32_reference(model, x), y, data_range=1.0))
         benchmark.pedantic(be.infer, args=(x,), rounds=2 if big else 3, iterations=1)

@@ -16,6 +16,7 @@ from refusion.engine.backends.torch_backend import (
     has_bf16_hardware,
     load_module,
 )
+from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from refusion.cli.fuse import main as fuse_main
 from refusion.errors import UserError
@@ -23,11 +24,6 @@ from refusion.train.synthetic import photo
 from refusion.zoo import resolve_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _psnr(y: np.ndarray, ref: np.ndarray) -> float:
-    mse = float(np.mean((y.astype(np.float64) - ref) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +56,7 @@ def test_bf16_is_close_to_fp32_and_leaves_the_module_alone(net):
     assert got.dtype == np.float32 and got.shape == want.shape
     assert got.min() >= 0 and got.max() <= 1
     # close to FP32 (the gate), and really computed in BF16 (FP32 rounding would give > 100 dB)
-    assert 50 < _psnr(got, want) < 100
+    assert 50 < psnr(want, got, data_range=1.0) < 100
     assert {p.dtype for p in net.parameters()} == {torch.float32}  # the caller's module
 
 
@@ -80,7 +76,7 @@ def test_compile_with_freezing_matches_eager(net):
     # more shapes than dynamo's default of 8 compiled entries per network class
     assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT
     with TorchBackend(net, compile=True, bf16=True, retain_memory=False, threads=1) as be:
-        assert 50 < _psnr(be.infer(x1), want1) < 100
+        assert 50 < psnr(want1, be.infer(x1), data_range=1.0) < 100
 
 
 def test_cli_bf16_selects_torch_and_rejects_other_backends(pair_files, tmp_path, capsys):
