@@ -24,6 +24,7 @@ from refusion.engine.onnx_cache import export_onnx_file
 from skimage.metrics import peak_signal_noise_ratio
 
 from refusion.models import FusionConfig, FusionNet
+from refusion.train.synthetic import photo_pair
 
 ALL_SIZES = {"256x256": (256, 256), "480x640": (480, 640), "1280x720": (720, 1280),
              "1920x1080": (1080, 1920)}
@@ -113,18 +114,6 @@ def _make(config: str, model, graph):
     if not plan:
         pytest.skip("tensorrt: set REFUSION_BENCH_PLAN to a plan built by refusion-export")
     return TensorRTBackend(plan)
-
-
-def photo_pair(h: int, w: int) -> np.ndarray:
-    """A ``(1, 2, h, w)`` pair of two bundled photographs (timing does not depend on the
-    content; the precision check does, and noise would exaggerate it)."""
-    import cv2
-
-    from refusion.train.synthetic import photo
-
-    a, b = (cv2.resize(photo(n, min(h, w)), (w, h), interpolation=cv2.INTER_AREA)
-            for n in ("astronaut", "coffee"))
-    return np.stack([a, b])[None].astype(np.float32)
 
 
 def _fp32_reference(model, x: np.ndarray) -> np.ndarray:

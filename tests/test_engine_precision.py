@@ -20,7 +20,7 @@ from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from refusion.cli.fuse import main as fuse_main
 from refusion.errors import UserError
-from refusion.train.synthetic import photo
+from refusion.train.synthetic import photo_pair
 from refusion.zoo import resolve_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,19 +31,13 @@ def net():
     return load_module(resolve_weights("ivif", "ivif")).eval()
 
 
-def _pair(h: int, w: int) -> np.ndarray:
-    a, b = (cv2.resize(photo(n, 128), (w, h), interpolation=cv2.INTER_AREA)
-            for n in ("astronaut", "coffee"))
-    return np.stack([a, b])[None].astype(np.float32)
-
-
 def _fp32(net, x: np.ndarray) -> np.ndarray:
     with TorchBackend(net, retain_memory=False, threads=1) as be:
         return be.infer(x)
 
 
 def test_bf16_is_close_to_fp32_and_leaves_the_module_alone(net):
-    x = _pair(72, 96)
+    x = photo_pair(72, 96)
     want = _fp32(net, x)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -68,7 +62,7 @@ def test_half_and_bf16_exclude_each_other(net):
 @pytest.mark.slow
 def test_compile_with_freezing_matches_eager(net):
     # Two shapes: the compiled module recompiles for the second one (dynamic=False).
-    x1, x2 = _pair(48, 64), _pair(40, 56)
+    x1, x2 = photo_pair(48, 64), photo_pair(40, 56)
     want1, want2 = _fp32(net, x1), _fp32(net, x2)
     with TorchBackend(net, compile=True, retain_memory=False, threads=1) as be:
         for x, want in ((x1, want1), (x2, want2), (x1, want1)):

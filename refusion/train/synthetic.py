@@ -49,6 +49,15 @@ def photo(name: str, side: int = 256) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
+def photo_pair(h: int, w: int, names: tuple[str, str] = ("astronaut", "coffee")) -> np.ndarray:
+    """Two different bundled photographs as one network input: ``(1, 2, h, w)`` float32 in
+    [0, 1] (for speed and precision checks, where noise would exaggerate reduced-precision
+    errors)."""
+    a, b = (cv2.resize(photo(n, min(h, w)), (w, h), interpolation=cv2.INTER_AREA)
+            for n in names)
+    return np.stack([a, b])[None].astype(np.float32)
+
+
 def available_photos(names: tuple[str, ...]) -> list[str]:
     """The names that load on this machine (older scikit-image versions lack some)."""
     from skimage import data
