@@ -240,6 +240,20 @@ def test_cli_trains_and_resumes(mf_data, tmp_path, capsys):
     assert "data folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module, prog", [("refusion.cli.train", "refusion-train"),
+                                          ("refusion.train", "refusion-train")])
+def test_cli_error_names_the_command_under_python_m(module, prog, tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", module, "--task", "mfif", "--data",
+                          str(tmp_path / "missing")], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"{prog}: error: data folder not found: {tmp_path / 'missing'}"]
+
+
 def test_cli_print_config_shows_the_paper_defaults(capsys):
     from refusion.cli.train import main
 

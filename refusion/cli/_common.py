@@ -49,8 +49,12 @@ def mode_label(options: dict) -> str:
 
 def _prog_name(fn: Callable) -> str:
     """``refusion.cli.fuse`` -> ``refusion-fuse``; ``refusion.cli.main`` -> ``refusion``."""
-    leaf = fn.__module__.rsplit(".", 1)[-1]
-    if leaf in ("main", "__main__"):
+    module = fn.__module__
+    if module == "__main__":  # ``python -m refusion.cli.train``: name it after the module run
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name.removesuffix(".__main__") if spec is not None else "main"
+    leaf = module.rsplit(".", 1)[-1]
+    if leaf in ("main", "__main__", "cli"):
         return "refusion"
     return f"refusion-{leaf}"
 
