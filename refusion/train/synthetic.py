@@ -2,8 +2,11 @@
 
 * Multi-focus: a random smooth region mask ``M``; source a is sharp inside ``M`` and
   Gaussian-blurred outside, source b the opposite. The photo is the all-in-focus reference.
-* Multi-exposure: source a under-exposed (gain < 1, gamma > 1), source b over-exposed
-  (gain > 1, gamma < 1), both clipped to [0, 1] so that each loses the detail the other keeps.
+* Multi-exposure: a small camera model. The photo is taken as the 0 EV exposure of a scene
+  (display gamma 2.2); source a is shot 1.5-2.5 stops under, source b 1.5-2.5 stops over, each
+  with shot and read noise in linear light, clipped at full well and quantised to 8 bits. So
+  each source loses what the other keeps, as in a real bracket: a's shadows drown in noise and
+  quantisation, b's highlights clip.
 
 All images are luma in [0, 1] (OpenCV YCrCb convention for the colour photographs).
 """
@@ -90,12 +93,40 @@ def multifocus_pair(img: np.ndarray, rng: np.random.Generator, name: str = "") -
     return SynthPair(name, a.astype(np.float32), b.astype(np.float32), img, mask)
 
 
+# Sensor noise of the multi-exposure camera model, in linear light relative to full well:
+# read noise 0.2 % of full well, shot noise of a 1,000-electron well.
+READ_NOISE = 2e-3
+SHOT_NOISE = 1e-3
+
+
+def exposure(linear: np.ndarray, stops: float, rng: np.random.Generator) -> np.ndarray:
+    """One 8-bit shot of a linear-light scene ``(H, W)`` at ``stops`` EV (float32 in [0, 1]).
+
+    Shot and read noise are added in linear light, the signal clips at full well, and the
+    display value (gamma 1/2.2) is quantised to 8 bits.
+    """
+    x = linear * 2.0 ** stops
+    x = x + rng.standard_normal(x.shape) * np.sqrt(READ_NOISE**2 + SHOT_NOISE * x)
+    return (np.round(np.clip(x, 0, 1) ** (1 / 2.2) * 255) / 255).astype(np.float32)
+
+
+def well_exposedness(display: np.ndarray) -> np.ndarray:
+    """Closeness to mid-grey, ``exp(-(x - 1/2)^2 / (2 * 0.2^2))`` (Mertens et al.'s measure)."""
+    return np.exp(-((display - 0.5) ** 2) / (2 * 0.2**2))
+
+
 def multiexposure_pair(img: np.ndarray, rng: np.random.Generator, name: str = "") -> SynthPair:
-    """Under- and over-exposed versions of one photo (both clipped)."""
-    under = np.clip(rng.uniform(0.35, 0.55) * img ** rng.uniform(1.4, 2.0), 0, 1)
-    over = np.clip(rng.uniform(1.6, 2.2) * img ** rng.uniform(0.5, 0.7), 0, 1)
-    mask = (img < 0.5).astype(np.float32)  # dark regions: the over-exposed source is better
-    return SynthPair(name, under.astype(np.float32), over.astype(np.float32), img, 1 - mask)
+    """An under- and an over-exposed shot of one photo (the camera model of the module doc).
+
+    The mask marks where the noise-free under-exposed value is closer to mid-grey than the
+    over-exposed one (the photo's highlights).
+    """
+    linear = img.astype(np.float64) ** 2.2
+    under, over = rng.uniform(-2.5, -1.5), rng.uniform(1.5, 2.5)
+    a, b = exposure(linear, under, rng), exposure(linear, over, rng)
+    clean_a, clean_b = (np.clip(linear * 2.0**s, 0, 1) ** (1 / 2.2) for s in (under, over))
+    mask = (well_exposedness(clean_a) >= well_exposedness(clean_b)).astype(np.float32)
+    return SynthPair(name, a, b, img, mask)
 
 
 def make_pairs(task: str, photos: list[str], per_photo: int, seed: int, side: int = 256
