@@ -9,7 +9,14 @@ import math
 import numpy as np
 from conftest import shared_path
 
-from refusion.repro.recon_preference import CANDIDATES, held_out_loss
+from refusion.repro.recon_preference import (
+    CANDIDATES,
+    focus_selection,
+    held_out_loss,
+    real_pairs,
+    train_and_score,
+)
+from refusion.train.synthetic import multifocus_pairs
 
 SMALL = {"width": 8, "side": 96, "photos": 4}
 
@@ -30,9 +37,6 @@ def test_trained_r_prefers_a_copy_of_one_source():
 
 
 def test_focus_selection_recovers_the_all_in_focus_image():
-    from refusion.repro.recon_preference import focus_selection
-    from refusion.train.synthetic import multifocus_pairs
-
     (p,) = multifocus_pairs(["coins"], 1, seed=0, side=160)
     fused = focus_selection(p.a, p.b)
     err = float(np.abs(fused - p.reference).mean())
@@ -40,8 +44,6 @@ def test_focus_selection_recovers_the_all_in_focus_image():
 
 
 def test_train_and_score_on_given_triples_is_seeded():
-    from refusion.repro.recon_preference import train_and_score
-
     rng = np.random.default_rng(0)
     triples = [tuple(rng.random((40, 50), dtype=np.float32) for _ in range(3)) for _ in range(3)]
     one = train_and_score(triples, triples[:1], seed=1, steps=5, width=4, patch=40, batch=2)
@@ -50,8 +52,6 @@ def test_train_and_score_on_given_triples_is_seeded():
 
 
 def test_real_pairs_are_the_lytro_test_split():
-    from refusion.repro.recon_preference import real_pairs
-
     pairs = real_pairs(shared_path("data"), "test")
     assert len(pairs) == 20
     assert all(a.shape == b.shape and a.dtype == np.float32 for a, b in pairs)

@@ -113,13 +113,14 @@ REAL_CANDIDATES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def real_pairs(split_task_root: str | Path, role: str, seed: int = 0):
-    """Decoded ``(a, b)`` luma pairs of the ``mfif`` reproduction split's ``role``
-    (``train``, ``val`` or ``test``) under the shared data folder."""
+def real_pairs(data_root: str | Path, role: str, seed: int = 0
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decoded ``(a, b)`` luma pairs, each ``(H, W)`` float32, of the ``mfif`` reproduction
+    split's ``role`` (``train``, ``val`` or ``test``) under the shared data folder."""
     from refusion.repro.splits import make_split
     from refusion.train.data import load_luma
 
-    split = make_split("mfif", split_task_root, seed)
+    split = make_split("mfif", data_root, seed)
     return [(load_luma(p.a), load_luma(p.b)) for p in getattr(split, role)]
 
 
