@@ -187,9 +187,10 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
             for k, v in _scores(p, img).items():
                 table[name][k] = table[name].get(k, 0.0) + v / len(test_pairs)
         extra = [results[2][1]] if shipped is not None else []
-        rows.append(_row([p.a, p.b, avg, fused, *extra, p.reference, v_a],
+        rows.append(_row([p.a, p.b, avg, fused, *extra, p.reference,
+                          w.w_a[0, 0].cpu().numpy(), v_a],
                          ["source a", "source b", "average", "ReFusion",
-                          *(["shipped"] if extra else []), "reference", "V_a"]))
+                          *(["shipped"] if extra else []), "reference", "W_a", "V_a"]))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
     picture = out / f"demo_{task}.png"
