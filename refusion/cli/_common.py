@@ -52,9 +52,9 @@ def _prog_name(fn: Callable) -> str:
     module = fn.__module__
     if module == "__main__":  # ``python -m refusion.cli.train``: name it after the module run
         spec = getattr(sys.modules["__main__"], "__spec__", None)
-        module = spec.name.removesuffix(".__main__") if spec is not None else "main"
+        module = spec.name if spec is not None else "main"
     leaf = module.rsplit(".", 1)[-1]
-    if leaf in ("main", "__main__", "cli"):
+    if leaf == "main":
         return "refusion"
     return f"refusion-{leaf}"
 
