@@ -121,6 +121,8 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
         assert row in page
     assert "learnt loss beats the fixed loss" in page
     assert "**Does the learnt V follow focus?**" in page  # multi-focus pages check P's V maps
+    assert "**The decision map and its loss.**" in page  # pages with a decision row measure it
+    assert "For comparison, with the 'learned' run's P" in page
     assert "paper's own numbers for this task are not in the table" in page
     from refusion.repro.report import Scores, collapse_notes
 

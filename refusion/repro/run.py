@@ -124,6 +124,17 @@ def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
             focus = checkpoint_focus_agreement(ckpts["learned"], split.test).sentence()
         except ValueError as e:  # e.g. no test pair with both sources in focus somewhere
             focus = f"(V vs focus not measured: {e}.)"
+    if "decision" in ckpts:
+        from refusion.repro.decision import checkpoint_minimiser
+
+        try:
+            check = checkpoint_minimiser(ckpts["decision"], split.test)
+            ref = (checkpoint_minimiser(ckpts["learned"], split.test) if "learned" in ckpts
+                   else None)
+            focus += ("\n\n" if focus else "") + check.sentence(scores.copies.get("decision"),
+                                                                  ref)
+        except ValueError as e:
+            focus += f"\n\n(the decision map's learnt loss not measured: {e}.)"
     page = results / f"{task}.md"
     atomic_write_text(page, _page(task, split, recipe, variants, task_dir, scores, ckpts,
                                   overrides, focus))
@@ -237,6 +248,7 @@ column in bold. {paper}
 {_verdict(scores)}
 {"".join(chr(10) + "- " + line for line in collapse_notes(scores))}
 {NOTES.get(task, "")}
+
 {focus}
 
 Per-image values: [`{task}.json`]({task}.json).
