@@ -130,7 +130,11 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
                     {"m": {"I_a": 0, "I_b": 2}})
     assert collapse_notes(copied) == [
         "'m' returned I_b unchanged on 2 of 2 test pairs (a collapsed model; metrics that "
-        "compare F with a source, such as SCD, are then undefined)."]
+        "compare F with a source, such as SCD, are then undefined): its row scores I_b itself, "
+        "so a high mark there is the metrics' verdict on a copy of one source, not on a "
+        "fusion."]
+    copied.copies["m"]["I_b"] = 1
+    assert collapse_notes(copied)[0].endswith("are then undefined).")
     values = json.loads((results / "mfif.json").read_text())["values"]
     assert set(values) == {"learned", "fixed", "decision", "average", "maximum"}
     for per_pair in values.values():

@@ -99,17 +99,21 @@ class MinimiserCheck:
                      "meta-gradient that would teach P where I_a matters fades with it. "
                      if sl < SATURATED else ". ")
         if reference is not None:
+            rb, ra = 100 * reference.column(0).mean(), 100 * reference.column(1).mean()
             text += (f"For comparison, with the 'learned' run's P (trained beside a direct F) "
-                     f"I_b minimises both terms on {100 * reference.column(0).mean():.1f} % of "
-                     f"the pixels and I_a on {100 * reference.column(1).mean():.1f} %. ")
+                     f"I_b minimises both terms on {rb:.1f} % of the pixels, I_a on {ra:.1f} %, "
+                     f"and on {100 - rb - ra:.1f} % the two terms ask for different sources "
+                     "(intensity from one, edges from the other: a fused image no blend of "
+                     "the sources gives). ")
         copied = sum((copies or {}).values())
         if copied and all_b + all_a >= copied:
             text += ("The copies in the table are the decision model minimising its loss, "
                      "not failing to train; what is missing at this budget is a P whose "
                      "weights cross 1/2 where the other source matters.")
         elif copied:
-            text += ("On some pairs the decision model copied a source although the loss "
-                     "asked for more: a failure of its training there.")
+            text += (f"It copied a source on {copied} pairs, {copied - all_b - all_a} of them "
+                     "pairs where the loss asks for the other source on some pixels: there the "
+                     "saturated map, not the loss, kept it from answering.")
         return text
 
 

@@ -120,7 +120,9 @@ def collapse_notes(scores: Scores) -> list[str]:
     over-exposed one)."""
     n = len(next(iter(scores.values.values()), {}))
     return [f"'{m}' returned {src} unchanged on {k} of {n} test pairs (a collapsed model; "
-            "metrics that compare F with a source, such as SCD, are then undefined)."
+            "metrics that compare F with a source, such as SCD, are then undefined)"
+            + (f": its row scores {src} itself, so a high mark there is the metrics' "
+               "verdict on a copy of one source, not on a fusion." if k == n else ".")
             for m, per_src in scores.copies.items() if m not in BASELINES
             for src, k in per_src.items() if k]
 
