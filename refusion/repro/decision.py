@@ -145,25 +145,18 @@ def checkpoint_minimiser(ckpt: str | Path, pairs) -> MinimiserCheck:
     import torch
 
     from refusion.checkpoint import load_fusion_model
-    from refusion.metrics._io import read_grey
-    from refusion.repro.run import learnt_maps
+    from refusion.repro.run import pair_maps
     from refusion.train.ablation import DecisionFusionNet
 
     model, _ = load_fusion_model(ckpt)
     decision = isinstance(model, DecisionFusionNet)
 
     def items():
-        for p in pairs:
-            a = (read_grey(p.a) / 255).astype(np.float32)
-            b = (read_grey(p.b) / 255).astype(np.float32)
-            m = learnt_maps(Path(ckpt), a, b)
-            if not m:
-                raise ValueError(f"checkpoint {ckpt} has no loss proposal module P")
+        for name, a, b, m in pair_maps(ckpt, pairs):
             d = None
             if decision:
                 with torch.inference_mode():
-                    x = torch.from_numpy(np.stack([a, b]))[None]
-                    d = model.decision(x)[0, 0].numpy()
-            yield p.name, m["W_a"], m["V_a"], d
+                    d = model.decision(torch.from_numpy(np.stack([a, b]))[None])[0, 0].numpy()
+            yield name, m["W_a"], m["V_a"], d
 
     return minimiser_check(items())

@@ -104,16 +104,6 @@ def v_focus_agreement(v_maps: Iterable[tuple[str, np.ndarray, np.ndarray, np.nda
 def checkpoint_focus_agreement(ckpt: str | Path, pairs) -> FocusAgreement:
     """:func:`v_focus_agreement` of a checkpoint's P on ``pairs`` (objects with ``name``, ``a``,
     ``b`` paths, as in a :class:`refusion.repro.splits.Split`)."""
-    from refusion.metrics._io import read_grey
-    from refusion.repro.run import learnt_maps
+    from refusion.repro.run import pair_maps
 
-    def maps():
-        for p in pairs:
-            a = (read_grey(p.a) / 255).astype(np.float32)
-            b = (read_grey(p.b) / 255).astype(np.float32)
-            m = learnt_maps(Path(ckpt), a, b)
-            if not m:
-                raise ValueError(f"checkpoint {ckpt} has no loss proposal module P")
-            yield p.name, m["V_a"], a, b
-
-    return v_focus_agreement(maps())
+    return v_focus_agreement((name, m["V_a"], a, b) for name, a, b, m in pair_maps(ckpt, pairs))

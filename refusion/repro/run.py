@@ -72,6 +72,21 @@ def learnt_maps(ckpt: Path, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarra
     return {"W_a": w.w_a[0, 0].numpy(), "V_a": w.v_a[0, 0].numpy()}
 
 
+def pair_maps(ckpt: Path, pairs):
+    """``(name, a, b, maps)`` for each of ``pairs`` (objects with ``name``, ``a``, ``b`` paths,
+    as in a :class:`~refusion.repro.splits.Split`): the sources as ``(H, W)`` float32 in [0, 1]
+    and :func:`learnt_maps` of the checkpoint's P; raises ValueError if it has no P."""
+    from refusion.metrics._io import read_grey
+
+    for p in pairs:
+        a = (read_grey(p.a) / 255).astype(np.float32)
+        b = (read_grey(p.b) / 255).astype(np.float32)
+        maps = learnt_maps(Path(ckpt), a, b)
+        if not maps:
+            raise ValueError(f"checkpoint {ckpt} has no loss proposal module P")
+        yield p.name, a, b, maps
+
+
 def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
               variants: tuple[str, ...] = ("learned", "fixed"), work: str | Path = "runs/repro",
               results: str | Path = "docs/results", reference: str | Path | None = None,
