@@ -180,7 +180,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(mf_data, tmp_path, monkey
         assert torch.isfinite(v).all()
 
 
-def test_sigint_saves_a_checkpoint_then_stops(mf_data, tmp_path):
+def test_sigint_saves_a_checkpoint_then_stops(mf_data, tmp_path, sigint_default):
     def on_step(trainer, row):
         if trainer.step == 2:
             os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler only sets a flag

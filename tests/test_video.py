@@ -155,7 +155,7 @@ class _InterruptingBackend(TorchBackend):
         return super()._infer(batch)
 
 
-def test_ctrl_c_leaves_a_playable_file(tmp_path):
+def test_ctrl_c_leaves_a_playable_file(tmp_path, sigint_default):
     ir = write_video(tmp_path / "ir.mp4", 40)
     vis = write_video(tmp_path / "vis.mp4", 40)
     out = tmp_path / "cut.mp4"
