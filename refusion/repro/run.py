@@ -72,7 +72,7 @@ def learnt_maps(ckpt: Path, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarra
     return {"W_a": w.w_a[0, 0].numpy(), "V_a": w.v_a[0, 0].numpy()}
 
 
-def pair_maps(ckpt: Path, pairs):
+def pair_maps(ckpt: str | Path, pairs):
     """``(name, a, b, maps)`` for each of ``pairs`` (objects with ``name``, ``a``, ``b`` paths,
     as in a :class:`~refusion.repro.splits.Split`): the sources as ``(H, W)`` float32 in [0, 1]
     and :func:`learnt_maps` of the checkpoint's P; raises ValueError if it has no P."""
@@ -131,14 +131,14 @@ def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
     plot_example(a255, b255, fused, maps, results / f"{task}_example.png",
                  f"{example.name}: sources, fused ({', '.join(variants)}), learnt W_a and V_a "
                  f"of '{variants[0]}' (1 = all weight on I_a)")
-    focus = ""
+    analysis = ""  # paragraphs under the table: what the learnt loss asks for
     if task == "mfif" and "learned" in ckpts:
         from refusion.repro.focus import checkpoint_focus_agreement
 
         try:
-            focus = checkpoint_focus_agreement(ckpts["learned"], split.test).sentence()
+            analysis = checkpoint_focus_agreement(ckpts["learned"], split.test).sentence()
         except ValueError as e:  # e.g. no test pair with both sources in focus somewhere
-            focus = f"(V vs focus not measured: {e}.)"
+            analysis = f"(V vs focus not measured: {e}.)"
     if "decision" in ckpts:
         from refusion.repro.decision import checkpoint_minimiser
 
@@ -146,13 +146,13 @@ def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
             check = checkpoint_minimiser(ckpts["decision"], split.test)
             ref = (checkpoint_minimiser(ckpts["learned"], split.test) if "learned" in ckpts
                    else None)
-            focus += ("\n\n" if focus else "") + check.sentence(scores.copies.get("decision"),
-                                                                  ref)
+            analysis += ("\n\n" if analysis else "") + check.sentence(
+                scores.copies.get("decision"), ref)
         except ValueError as e:
-            focus += f"\n\n(the decision map's learnt loss not measured: {e}.)"
+            analysis += f"\n\n(the decision map's learnt loss not measured: {e}.)"
     page = results / f"{task}.md"
     atomic_write_text(page, _page(task, split, recipe, variants, task_dir, scores, ckpts,
-                                  overrides, focus))
+                                  overrides, analysis))
     if publish is not None:
         for v, ckpt in ckpts.items():
             if v in PUBLISHED:
@@ -219,7 +219,7 @@ def _verdict(scores: Scores) -> str:
 
 
 def _page(task: str, split: Split, recipe: str, variants, task_dir: Path, scores: Scores,
-          ckpts: dict[str, Path], overrides, focus: str = "") -> str:
+          ckpts: dict[str, Path], overrides, analysis: str = "") -> str:
     from refusion import __version__
     from refusion.train.trainer import load_run_config
 
@@ -264,7 +264,7 @@ column in bold. {paper}
 {"".join(chr(10) + "- " + line for line in collapse_notes(scores))}
 {NOTES.get(task, "")}
 
-{focus}
+{analysis}
 
 Per-image values: [`{task}.json`]({task}.json).
 
