@@ -57,34 +57,45 @@ def chosen_checkpoint(run_dir: Path) -> Path:
     return best if best.exists() else run_dir / "final.safetensors"
 
 
-def learnt_maps(ckpt: Path, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """``W_a`` and ``V_a`` of a checkpoint's loss proposal module P on one pair (empty if the
-    checkpoint has no P, as in the fixed-loss ablation)."""
+def _proposal(ckpt: str | Path):
+    """A checkpoint's loss proposal module P in eval mode, or None (fixed-loss ablation)."""
     from refusion.checkpoint import build_networks, load_state_checked, read_checkpoint
 
     c = read_checkpoint(ckpt)
     if "proposal" not in c.tensors:
-        return {}
+        return None
     net = build_networks({"proposal": c.configs.get("proposal", {})})["proposal"]
     load_state_checked(net, c.tensors["proposal"], f"checkpoint {ckpt}")
+    return net.eval()
+
+
+def _maps(net, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     with torch.inference_mode():
-        w = net.eval()(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])
+        w = net(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])
     return {"W_a": w.w_a[0, 0].numpy(), "V_a": w.v_a[0, 0].numpy()}
+
+
+def learnt_maps(ckpt: str | Path, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """``W_a`` and ``V_a`` of a checkpoint's loss proposal module P on one pair (empty if the
+    checkpoint has no P, as in the fixed-loss ablation)."""
+    net = _proposal(ckpt)
+    return {} if net is None else _maps(net, a, b)
 
 
 def pair_maps(ckpt: str | Path, pairs):
     """``(name, a, b, maps)`` for each of ``pairs`` (objects with ``name``, ``a``, ``b`` paths,
     as in a :class:`~refusion.repro.splits.Split`): the sources as ``(H, W)`` float32 in [0, 1]
-    and :func:`learnt_maps` of the checkpoint's P; raises ValueError if it has no P."""
+    and :func:`learnt_maps` of the checkpoint's P (read once); raises ValueError if it has no
+    P."""
     from refusion.metrics._io import read_grey
 
+    net = _proposal(ckpt)
+    if net is None:
+        raise ValueError(f"checkpoint {ckpt} has no loss proposal module P")
     for p in pairs:
         a = (read_grey(p.a) / 255).astype(np.float32)
         b = (read_grey(p.b) / 255).astype(np.float32)
-        maps = learnt_maps(Path(ckpt), a, b)
-        if not maps:
-            raise ValueError(f"checkpoint {ckpt} has no loss proposal module P")
-        yield p.name, a, b, maps
+        yield p.name, a, b, _maps(net, a, b)
 
 
 def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
