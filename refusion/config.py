@@ -118,20 +118,33 @@ def load_config(
     """Load dataclass ``cls`` from defaults, then a YAML file, then overrides."""
     data: dict = to_dict(cls())
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, Mapping):
-            raise UserError(f"config file {path} must hold a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, read_yaml_mapping(path))
     data = apply_overrides(data, overrides)
     return from_dict(cls, data)
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """The mapping in YAML file ``path``; a read or parse problem is one :class:`UserError` line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    return dict(loaded)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, then what (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def _merge(base: dict, extra: Mapping) -> dict:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from refusion.checkpoint import read_checkpoint
+from refusion.errors import UserError
 from refusion.train import Trainer, TrainingDiverged, build_config, meta
 from refusion.train.ablation import DecisionFusionNet
 from refusion.train.synthetic import make_pairs, write_pairs
@@ -254,6 +255,14 @@ def test_cli_error_names_the_command_under_python_m(module, prog, tmp_path):
         f"{prog}: error: data folder not found: {tmp_path / 'missing'}"]
 
 
+def test_a_data_error_leaves_no_run_folder(tmp_path):
+    (tmp_path / "data" / "A").mkdir(parents=True)  # A without B: no pairs
+    run = tmp_path / "runs" / "r"
+    with pytest.raises(UserError, match="no paired folders"):
+        Trainer(_cfg(tmp_path / "data"), run, quiet=True)
+    assert not run.exists() and not run.parent.exists()
+
+
 def test_cli_print_config_shows_the_paper_defaults(capsys):
     from refusion.cli.train import main
 
@@ -269,6 +278,54 @@ def test_unknown_override_is_one_line_error(capsys):
     with pytest.raises(SystemExit):
         main(["--task", "ivif", "schedule.epoch=3", "--print-config"])
     assert "unknown config key 'schedule.epoch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("schedule: [3\n", "is not valid YAML: line 2, column 1: expected ',' or ']'"),
+    ("a:\n\tb: 1\n", "is not valid YAML: line 2, column 1: found character '\\t'"),
+    ("- 1\n", "must hold a mapping at the top level"),
+    (b"\xff\xfe", "is not UTF-8 text"),
+])
+def test_bad_config_file_is_one_line_naming_it(tmp_path, capsys, text, message):
+    from refusion.cli.train import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SystemExit):
+        main(["--task", "ivif", "--config", str(path), "--print-config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"config file {path} {message}" in err[0], err
+
+
+def test_resume_with_a_broken_saved_config_is_one_line(tmp_path, capsys):
+    from refusion.cli.train import main
+
+    (tmp_path / "config.yaml").write_text("schedule: {batch: 4\n")
+    with pytest.raises(SystemExit):
+        main(["--resume", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"config file {tmp_path / 'config.yaml'} is not valid YAML" in err[0]
+
+
+@pytest.mark.parametrize("state, needle", [
+    (b"garbage", "not a file refusion-train wrote, or damaged"),
+    ({"step": 2, "evil": math.gcd}, "not a file refusion-train wrote, or damaged"),
+    ([1, 2], "is not a refusion-train training state"),
+    ({"step": 2, "optim": {}, "rng": {}}, "holds no usable fusion optimiser state"),
+])
+def test_a_damaged_training_state_is_one_line(mf_data, tmp_path, state, needle):
+    run = tmp_path / "run"
+    Trainer(_cfg(mf_data, "schedule.max_steps=2", "log.checkpoint_every=2"), run,
+            quiet=True).fit()
+    step, _, path = latest_checkpoint(run)
+    assert step == 2
+    if isinstance(state, bytes):
+        path.write_bytes(state)
+    else:
+        torch.save(state, path)  # a function object: only a full unpickler would load it
+    with pytest.raises(UserError, match=needle) as exc:
+        Trainer(_cfg(mf_data), run, resume=True, quiet=True)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_validation_writes_best_checkpoint(mf_data, tmp_path):

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 
 from refusion.cli._common import TASKS
-from refusion.config import _merge, apply_overrides, from_dict, to_dict
+from refusion.config import _merge, apply_overrides, from_dict, read_yaml_mapping, to_dict
 from refusion.errors import UserError
 from refusion.losses import LossConfig
 from refusion.models import FusionConfig, ProposalConfig, ReconstructionConfig
@@ -156,19 +156,6 @@ def preset_text(task: str) -> str:
     return res.read_text(encoding="utf-8")
 
 
-def _read_yaml(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"config file {path} must hold a mapping at the top level")
-    return loaded
-
-
 def build_config(
     task: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
@@ -176,7 +163,7 @@ def build_config(
     data = to_dict(TrainConfig())
     data = _merge(data, yaml.safe_load(preset_text(task)) or {})
     if config_file:
-        data = _merge(data, _read_yaml(config_file))
+        data = _merge(data, read_yaml_mapping(config_file))
     data = apply_overrides(data, overrides)
     data["task"] = task
     cfg = from_dict(TrainConfig, data)

@@ -22,6 +22,7 @@ as the uninterrupted run.
 from __future__ import annotations
 
 import math
+import pickle
 import signal
 import sys
 import threading
@@ -86,12 +87,12 @@ def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """The configuration saved in a run folder, with ``key.sub=value`` overrides on top."""
-    from refusion.config import apply_overrides
+    from refusion.config import apply_overrides, read_yaml_mapping
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a refusion-train run folder (no config.yaml)")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml_mapping(path)
     return config_from_dict(apply_overrides(data, overrides))
 
 
@@ -108,6 +109,23 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path, Path] | None:
     if not (w.is_file() and s.is_file()):
         raise UserError(f"{pointer} names step {step} but its files are missing")
     return step, w, s
+
+
+def _read_state(path: Path) -> dict:
+    """The optimiser and generator state beside a checkpoint, loaded as untrusted input."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text runs to a page and suggests weights_only=False, which we never do
+        raise UserError(f"cannot read training state {path}: not a file refusion-train wrote, "
+                        "or damaged (refused by torch.load(weights_only=True))") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot read training state {path}: {first}") from None
+    if not isinstance(blob, dict) or not {"step", "optim", "rng"} <= blob.keys():
+        raise UserError(f"{path} is not a refusion-train training state "
+                        "(expected step, optim and rng)")
+    return blob
 
 
 def _ckpt_paths(run_dir: Path, step: int) -> tuple[Path, Path]:
@@ -154,18 +172,20 @@ class Trainer:
         self.opt_p = (torch.optim.Adam(self.proposal.parameters(), o.lr_proposal, betas,
                                        weight_decay=o.weight_decay) if self.learned else None)
 
+        if not resume and self.dist.is_main and latest_checkpoint(self.run_dir) is not None:
+            raise UserError(f"{self.run_dir} already holds a run; use --resume "
+                            f"{self.run_dir} or choose another --out")
+        # the data is read before the run folder is made, so that a data error leaves no
+        # empty run folder behind; reading it draws nothing from the seeded generators
+        self._load_data()
         if resume:
             self._resume()
             if self.dist.is_main:  # a later --resume continues with this sitting's overrides
                 save_run_config(self.run_dir, cfg)
         elif self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if latest_checkpoint(self.run_dir) is not None:
-                raise UserError(f"{self.run_dir} already holds a run; use --resume "
-                                f"{self.run_dir} or choose another --out")
             save_run_config(self.run_dir, cfg)
         D.barrier(self.dist)
-        self._load_data()
 
     # ------------------------------------------------------------------ setup
     @property
@@ -247,17 +267,18 @@ class Trainer:
             if name not in ckpt.tensors:
                 raise UserError(f"{weights} holds no {name} network")
             load_state_checked(module, ckpt.tensors[name], f"checkpoint {weights}")
-        try:
-            blob = torch.load(state, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing line
-            raise UserError(f"cannot read training state {state}: {exc}") from None
+        blob = _read_state(state)
         if int(blob.get("step", -1)) != step:
             raise UserError(f"{state} is for step {blob.get('step')}, expected {step}")
         o = self.cfg.optim
         lrs = {"fusion": o.lr_fusion, "reconstruction": o.lr_reconstruction,
                "proposal": o.lr_proposal}
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(blob["optim"][name])
+            try:
+                opt.load_state_dict(blob["optim"][name])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise UserError(f"{state} holds no usable {name} optimiser state "
+                                f"({type(exc).__name__}: {exc})") from None
             # load_state_dict restores the saved hyper-parameters too; the configuration of
             # this sitting (which may carry new key=value overrides) decides them
             for group in opt.param_groups:
