@@ -244,10 +244,22 @@ def panel(*images: np.ndarray, height: int | None = None) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+def check_image_ext(ext: str, option: str) -> str:
+    """``ext`` (``".png"``, ``"tif"``...) normalised with its dot, if OpenCV can write it.
+
+    ``option`` names where the user gave it, for the one-line error otherwise.
+    """
+    ext = (ext if ext.startswith(".") else f".{ext}").lower()
+    if ext == "." or not cv2.haveImageWriter(f"x{ext}"):
+        raise UserError(f"{option}: cannot write images as {ext!r} "
+                        "(use .png, .tif, .jpg, .bmp, .webp and the like)")
+    return ext
+
+
 def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     """Write an image atomically; the format follows the file extension."""
     dest = Path(path)
-    ext = dest.suffix.lower() or ".png"
+    ext = check_image_ext(dest.suffix or ".png", str(dest))
     ok, buf = cv2.imencode(ext, img)
     if not ok:
         raise UserError(f"cannot encode an image as {ext} for {dest}")

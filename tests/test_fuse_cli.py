@@ -62,10 +62,11 @@ def _run(args):
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "size", "weights", "task"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "size", "weights", "task", "ext",
+                                  "unwritable"])
 def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
     a, b = pair_files
-    out = str(tmp_path / "o.png")
+    out = str(tmp_path / ("o.pgn" if case == "ext" else "o.png"))
     args = [str(a), str(b), "-o", out, "--weights", str(ckpt)]
     if case == "missing":
         args[0] = str(tmp_path / "nope.png")
@@ -83,14 +84,21 @@ def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
     elif case == "weights":
         args[-1] = str(tmp_path / "missing.safetensors")
         needle = "missing.safetensors"
-    else:
+    elif case == "task":
         args += ["--task", "mfif"]
         needle = "trained for 'ivif'"
+    elif case == "ext":
+        needle = "o.pgn: cannot write images as '.pgn'"
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        args[3] = str(blocker / "o.png")
+        needle = f"cannot write {blocker / 'o.png'}"
     r = _run(args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
-    assert not (tmp_path / "o.png").exists()
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.pgn").exists()
 
 
 # --- folders, batches, panels and backends ----------------------------------------------------
@@ -149,14 +157,17 @@ def test_16bit_input_file(tmp_path, ckpt, photo_pair):
     assert cv2.imread(str(out)).shape == vis.shape
 
 
-@pytest.mark.parametrize("case", ["mix", "no-common"])
+@pytest.mark.parametrize("case", ["mix", "no-common", "ext"])
 def test_folder_errors(case, photo_pair, ckpt, tmp_path):
     da, db = _folders(tmp_path, photo_pair)
     if case == "mix":
         args, needle = [str(da), str(db / "p0.jpg")], "not a mix"
+    elif case == "ext":
+        args, needle = [str(da), str(db), "--ext", "jpgx"], "--ext: cannot write images as '.jpgx'"
     else:
         empty = tmp_path / "empty"
         empty.mkdir()
         args, needle = [str(da), str(empty)], "no image names in common"
     r = _run([*args, "-o", str(tmp_path / "o"), "--weights", str(ckpt)])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -71,3 +71,18 @@ def test_16bit_colour_and_panel():
     assert f.dtype == np.float32 and f.max() == pytest.approx(255.0)
     pn = panel(img16, np.zeros((8, 8), np.uint8), np.zeros((16, 20, 3), np.uint8))
     assert pn.shape == (16, 16 + 16 + 20, 3) and pn.dtype == np.uint8
+
+
+def test_image_extensions_are_checked_before_writing(tmp_path):
+    from refusion.errors import UserError
+    from refusion.imaging import check_image_ext, write_image
+
+    assert check_image_ext("PNG", "--ext") == ".png"
+    assert check_image_ext(".tif", "--ext") == ".tif"
+    for bad in (".jpgx", ".", "txt"):
+        with pytest.raises(UserError, match="--ext: cannot write images as"):
+            check_image_ext(bad, "--ext")
+    with pytest.raises(UserError, match="o.jpgx"):
+        write_image(tmp_path / "o.jpgx", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+    assert write_image(tmp_path / "o.PNG", np.zeros((4, 4), np.uint8)).is_file()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from refusion.cli._common import TASKS, cli_entry
 from refusion.errors import UserError
+from refusion.utils.atomic import ensure_writable
 from refusion.zoo import resolve_weights, shipped_name
 
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         if trained and trained != args.task:
             raise UserError(f"{name or checkpoint} was trained for '{trained}', not "
                             f"'{args.task}'")
+    ensure_writable(args.output)
+    if args.engine:
+        ensure_writable(args.engine)
     _setup_logging(args.quiet)
 
     from refusion.export import build_engine, export_onnx

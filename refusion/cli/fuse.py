@@ -25,7 +25,15 @@ from refusion.engine import BACKENDS, create_backend
 from refusion.engine.files import PairPaths, match_pairs
 from refusion.engine.preprocess import stack_inputs
 from refusion.errors import UserError
-from refusion.imaging import compose, panel, prepare_pair, read_image, write_image
+from refusion.imaging import (
+    check_image_ext,
+    compose,
+    panel,
+    prepare_pair,
+    read_image,
+    write_image,
+)
+from refusion.utils.atomic import ensure_writable
 from refusion.zoo import resolve_weights, weights_label
 
 
@@ -83,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     name, options = backend_choice(args)
-    ext = args.ext if args.ext.startswith(".") else f".{args.ext}"
     pairs, unmatched = match_pairs(args.a, args.b)
     folder = Path(args.a).is_dir()
     out = Path(args.output)
     if folder and out.exists() and not out.is_dir():
         raise UserError(f"-o {out} must be a folder when the inputs are folders")
+    # checked before any inference, so that a typo does not cost a folder's worth of work
+    ext = check_image_ext(args.ext, "--ext") if folder else \
+        check_image_ext(out.suffix or ".png", f"-o {out}")
     if unmatched:
         more = f" (and {len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
         print(f"refusion-fuse: warning: {len(unmatched)} images without a partner skipped: "
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = resolve_weights(args.weights, args.task)
     label = weights_label(args.weights, weights)
     _check_task(weights, args.task, label)
+    ensure_writable(out, folder=folder)
     backend = create_backend(name, weights, device=args.device, **options)
     bar = tqdm(total=len(pairs), desc="fuse", unit="pair", file=sys.stderr,
                disable=args.quiet or len(pairs) == 1)

@@ -32,7 +32,7 @@ from refusion.engine.video import (
     save_homography,
 )
 from refusion.errors import UserError
-from refusion.utils.atomic import atomic_write_text
+from refusion.utils.atomic import atomic_write_text, ensure_writable
 from refusion.zoo import resolve_weights, weights_label
 
 PROG = "refusion-video"
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         reader.release()
         raise UserError(f"-o {out}: the output must be an .mp4 file")
     try:
+        ensure_writable(out)
         weights = resolve_weights(args.weights, args.task)
     except UserError:
         reader.release()

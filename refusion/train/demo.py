@@ -31,7 +31,7 @@ from refusion.train.synthetic import (
     write_pairs,
 )
 from refusion.train.trainer import Trainer
-from refusion.utils.atomic import atomic_path
+from refusion.utils.atomic import atomic_path, ensure_writable
 
 METRICS = ("EN", "SD", "SF", "AG", "Qabf")
 
@@ -138,7 +138,7 @@ def run_demo(task: str = "mfif", out: str | Path = "refusion-demo", quick: bool 
     if task not in BUDGETS:
         raise ValueError(f"no demo for task {task!r} (choose from {', '.join(BUDGETS)})")
     budget = quick_budget(task) if quick else BUDGETS[task]
-    out = Path(out)
+    out = ensure_writable(out, folder=True)
     t0 = time.time()
     train_photos = available_photos(TRAIN_PHOTOS)[: budget.photos]
     test_photos = available_photos(TEST_PHOTOS)[: 1 if quick else None]

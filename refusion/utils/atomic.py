@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from refusion.errors import UserError
+
 
 def _new_file_mode() -> int:
     """The mode ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
@@ -27,9 +29,48 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _temp_beside(dest: Path, suffix: str) -> tuple[int, str]:
+    """``mkstemp`` in ``dest``'s folder (made if missing); failures name ``dest``, not the temp."""
+    if dest.parent.exists() and not dest.parent.is_dir():
+        raise UserError(f"cannot write {dest}: {dest.parent} is a file, not a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+def ensure_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Fail early, with one line naming ``path``, if an output there could not be written.
+
+    Commands call it before long work (an export, a folder of fusions), so that a typo in an
+    output path costs nothing. ``folder=True``: ``path`` is an output folder (made if missing).
+    Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    dest = Path(path)
+    if not folder:
+        if dest.is_dir():
+            raise UserError(f"cannot write {dest}: it is a folder")
+        fd, tmp = _temp_beside(dest, ".tmp")
+    else:
+        if dest.exists() and not dest.is_dir():
+            raise UserError(f"cannot write into {dest}: it is a file, not a folder")
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".refusion-write-check.", dir=dest)
+        except OSError as exc:
+            raise UserError(f"cannot write into {dest}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return dest
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    A folder that cannot be made or written, or a failed rename, raises :class:`UserError`
+    naming ``path`` (errors raised by the caller's own writing pass through unchanged).
 
     Args:
         path: final destination.
@@ -37,25 +78,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             pick a format from the extension, such as ``cv2.imwrite``, still work).
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=suffix if suffix is not None else dest.suffix,
-        dir=dest.parent,
-    )
+    fd, tmp = _temp_beside(dest, suffix if suffix is not None else dest.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; give it the mode a plain write would have (or keep the
-        # replaced file's), so outputs stay readable by whoever could read them before.
         try:
-            mode = stat.S_IMODE(dest.stat().st_mode)
-        except FileNotFoundError:
-            mode = _new_file_mode()
-        os.chmod(tmp_path, mode)
-        os.replace(tmp_path, dest)
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            # mkstemp creates the file 0600; give it the mode a plain write would have (or keep
+            # the replaced file's), so outputs stay readable by whoever could read them before.
+            try:
+                mode = stat.S_IMODE(dest.stat().st_mode)
+            except FileNotFoundError:
+                mode = _new_file_mode()
+            os.chmod(tmp_path, mode)
+            os.replace(tmp_path, dest)
+        except OSError as exc:
+            raise UserError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
