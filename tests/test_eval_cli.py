@@ -102,9 +102,25 @@ def test_cli_convention_changes_values(folders, capsys):
     assert t == pytest.approx(p / 65025)
 
 
+def test_single_files_form_one_triplet_with_the_folder_values(folders, capsys):
+    ir, vi, good = folders["ir"] / "01.png", folders["vi"] / "01.bmp", folders["good"] / "01.png"
+    assert main(["--a", str(ir), "--b", str(vi), "--fused", str(good), "--metrics", METRICS,
+                 "--format", "json", "--workers", "1"]) == 0
+    single = json.loads(capsys.readouterr().out)["methods"]["01"]
+    per_folder = evaluate_folders(folders["ir"], folders["vi"], folders["good"],
+                                  metrics=METRICS.split(","), workers=1)
+    for m in METRICS.split(","):
+        assert single["summary"][m]["mean"] == pytest.approx(per_folder.values["good"]["01"][m])
+    with pytest.raises(SystemExit):
+        main(["--a", str(ir), "--b", str(folders["vi"]), "--fused", str(good)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{ir} is a file" in err[0] and "all as folders" in err[0]
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--metrics", "EN,NOPE"], "NOPE"),
     (["--convention", "bogus"], "bogus"),
+    (["--output", __file__ + "/table.md"], "cannot write " + __file__ + "/table.md"),
 ])
 def test_cli_user_errors_one_line(folders, capsys, extra, needle):
     with pytest.raises(SystemExit) as exc:

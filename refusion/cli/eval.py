@@ -14,7 +14,7 @@ import sys
 from refusion.cli._common import cli_entry
 from refusion.errors import UserError
 from refusion.metrics import METRICS, evaluate_folders
-from refusion.metrics.evaluate import atomic_write_text
+from refusion.utils.atomic import atomic_write_text, ensure_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,12 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="refusion-eval",
         description="Fusion metrics (EN, SD, SF, AG, MI, SCD, CC, PSNR, MSE, SSIM, MS-SSIM, "
-                    "VIF, Qabf, Nabf, Q_CB, Q_NCIE, Q_Y, FMI) over folders paired by file stem.",
+                    "VIF, Qabf, Nabf, Q_CB, Q_NCIE, Q_Y, FMI) over folders paired by file stem, "
+                    "or over one triplet of image files.",
     )
-    p.add_argument("--a", required=True, help="folder of source images A (IR / CT / ...)")
-    p.add_argument("--b", required=True, help="folder of source images B (visible / MRI / ...)")
+    p.add_argument("--a", required=True,
+                   help="folder of source images A (IR / CT / ...), or one image file")
+    p.add_argument("--b", required=True,
+                   help="folder of source images B (visible / MRI / ...), or one image file")
     p.add_argument("--fused", required=True, action="append",
-                   help="folder of fused images (one method); repeat for several methods")
+                   help="folder of fused images (one method), or one image file; repeat for "
+                        "several methods")
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated metric names (default: all: {','.join(METRICS)})")
     p.add_argument("--convention", default=None,
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = [m for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if args.workers is not None and args.workers < 0:
         raise UserError("--workers must be >= 0")
+    for path in (args.output, args.per_image):
+        if path:
+            ensure_writable(path)
     res = evaluate_folders(args.a, args.b, args.fused, metrics=metrics,
                            convention=args.convention, workers=args.workers,
                            progress=not args.no_progress and sys.stderr.isatty())

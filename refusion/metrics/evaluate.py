@@ -22,17 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from refusion.errors import UserError
+from refusion.utils.atomic import atomic_write_text
 
 from ._io import IMAGE_SUFFIXES, read_grey
 from .conventions import METRICS, canonical_metric, parse_convention_spec
-
-try:
-    from refusion.utils.atomic import atomic_write_text
-except ImportError:  # pragma: no cover - the package always ships it
-    def atomic_write_text(path, text, encoding="utf-8"):
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(text, encoding=encoding)
-        os.replace(tmp, path)
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
@@ -53,8 +46,24 @@ def list_images(folder: str | Path) -> dict[str, Path]:
     return out
 
 
+def _listings(a: Path, b: Path, fused: Sequence[Path]) -> tuple[dict, dict, list[dict]]:
+    """Images by stem for the two source folders and each fused folder.
+
+    Three single files (or two sources and several fused files) form one triplet, keyed by the
+    first source's stem, whatever the files are called.
+    """
+    paths = [a, b, *fused]
+    files = [p for p in paths if p.is_file()]
+    if not files:
+        return list_images(a), list_images(b), [list_images(d) for d in fused]
+    if len(files) != len(paths):
+        raise UserError(f"{files[0]} is a file: give the sources and the fused images either "
+                        "all as folders (paired by file stem) or all as single files")
+    return {a.stem: a}, {a.stem: b}, [{a.stem: f} for f in fused]
+
+
 def _method_names(dirs: Sequence[Path]) -> list[str]:
-    names = [d.name or str(d) for d in dirs]
+    names = [(d.stem if d.is_file() else d.name) or str(d) for d in dirs]
     if len(set(names)) != len(names):
         names = [str(d) for d in dirs]
     return names
@@ -210,8 +219,9 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
     """Score every fused folder against the source folders, pairing files by stem.
 
     Args:
-        a_dir, b_dir: source folders (A = infrared/CT/..., B = visible/MRI/...).
-        fused_dirs: one or more folders of fused images (one method each).
+        a_dir, b_dir: source folders (A = infrared/CT/..., B = visible/MRI/...), or two image
+            files, in which case ``fused_dirs`` are image files too (one triplet).
+        fused_dirs: one or more folders of fused images (one method each), or files.
         metrics: metric names (default: all).
         convention: toolbox tags and/or ``METRIC.name`` items, comma separated.
         workers: worker processes (default: min(4, CPU count); 0 or 1 = in this process).
@@ -229,9 +239,8 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
         convs = parse_convention_spec(convention, names)
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
-    la, lb = list_images(a_dir), list_images(b_dir)
     fdirs = [Path(d) for d in fused_dirs]
-    lfs = [list_images(d) for d in fdirs]
+    la, lb, lfs = _listings(Path(a_dir), Path(b_dir), fdirs)
     methods = _method_names(fdirs)
     missing = [f"{la[s]} has no partner in {b_dir}" for s in sorted(set(la) - set(lb))]
     missing += [f"{lb[s]} has no partner in {a_dir}" for s in sorted(set(lb) - set(la))]
