@@ -25,7 +25,7 @@ from refusion.export.fp16 import drop_unused_initializers
 from refusion.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, set_metadata
 from torch import nn
 
-from refusion.errors import UserError
+from refusion.errors import UserError, require
 from refusion.models.fusion import FusionNet
 from refusion.models.restormer import ChannelLayerNorm
 from refusion.utils.atomic import atomic_path
@@ -302,6 +302,9 @@ def export_onnx(
     Returns:
         The written path.
     """
+    require("onnx", "'onnx>=1.16'", "ONNX export")
+    if check:
+        require("onnxruntime", "'onnxruntime>=1.18'", "the export's accuracy check")
     import onnx
     from refusion.export import fp16 as fp16_mod
 

@@ -10,5 +10,21 @@ class UserError(Exception):
     """
 
 
+def require(module: str, pip_name: str, why: str) -> None:
+    """Raise :class:`UserError` naming what to install when ``module`` cannot be imported.
+
+    ``why`` says who needs it (``"--backend onnxruntime"``, ``"ONNX export"``).
+    """
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None
+        found = False
+    if not found:
+        raise UserError(f"{why} needs the {module} package, which is not installed: "
+                        f"pip install {pip_name}")
+
+
 class CheckpointError(UserError):
     """A checkpoint is unsafe, unreadable or does not fit the model."""

@@ -86,3 +86,25 @@ def test_console_entry_in_a_subprocess(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"refusion-export: error: checkpoint not found: {tmp_path / 'missing.safetensors'}"
     ]
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
+def test_a_missing_onnx_package_is_named_with_what_to_install(module, ckpt, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package looks like
+    err = _error([str(ckpt), "-o", str(tmp_path / "m.onnx")], capsys)
+    assert err.startswith("refusion-export: error: ")
+    assert f"needs the {module} package, which is not installed: pip install '{module}>=" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_onnxruntime_backend_names_what_to_install(tmp_path, monkeypatch):
+    from refusion.engine import create_backend
+
+    from refusion.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    (tmp_path / "m.onnx").write_bytes(b"never read: the import fails first")
+    with (pytest.raises(UserError, match="pip install 'onnxruntime>=1.18'"),
+          create_backend("onnxruntime", tmp_path / "m.onnx")):
+        pass

@@ -74,7 +74,8 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise UserError(
-                "--backend onnxruntime: the onnxruntime package is not installed"
+                "--backend onnxruntime needs the onnxruntime package, which is not installed: "
+                "pip install 'onnxruntime>=1.18' (or refusion[gpu] for CUDA)"
             ) from None
         if not self.model_path.is_file():
             raise UserError(f"ONNX model not found: {self.model_path}")
