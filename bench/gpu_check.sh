@@ -38,7 +38,8 @@ $PY -c "from refusion import _native; print(_native.build_info())" | tee -a "$OU
 
 echo "== CUDA parity tests"
 $PY -m pytest -q -rs tests/test_ops_sobel.py tests/test_ops_gate.py tests/test_ops_isa.py \
-  tests/test_fp16.py tests/test_engine.py tests/test_export_deploy.py -p no:cacheprovider \
+  tests/test_fp16.py tests/test_engine.py tests/test_export_deploy.py \
+  tests/test_engine_precision.py::test_cli_fp16_on_cuda_gives_the_fp32_images -p no:cacheprovider \
   > "$OUT/tests.log" 2>&1
 tests_rc=$?
 tail -3 "$OUT/tests.log"

@@ -91,6 +91,35 @@ def test_cli_bf16_selects_torch_and_rejects_other_backends(pair_files, tmp_path,
     assert diff.max() <= 4 and diff.mean() < 0.5  # 8-bit images: BF16 moves a few levels
 
 
+def test_fp16_is_cuda_only_and_never_silently_fp32(net, pair_files, tmp_path, capsys):
+    with pytest.raises(UserError, match="--fp16 \\(half\\) runs on CUDA only, not on cpu"):
+        TorchBackend(net, "cpu", half=True)
+    a, b = pair_files
+    out = str(tmp_path / "x.png")
+    for extra, needle in (
+        ([], "--fp16 (half) runs on CUDA only, not on cpu; on the CPU --bf16"),
+        (["--backend", "onnxruntime"], "give an FP16 export as --weights: refusion-export --fp16"),
+        (["--bf16"], "choose one of --fp16 (half) and --bf16, not both"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            fuse_main([str(a), str(b), "-o", out, "--fp16", "--device", "cpu", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FP16 inference needs a CUDA device")
+def test_cli_fp16_on_cuda_gives_the_fp32_images(pair_files, tmp_path, capsys):
+    a, b = pair_files
+    half, full = tmp_path / "h.png", tmp_path / "f.png"
+    assert fuse_main([str(a), str(b), "-o", str(half), "--fp16", "--device", "cuda", "-q"]) == 0
+    assert "(torch fp16, cuda" in capsys.readouterr().err
+    assert fuse_main([str(a), str(b), "-o", str(full), "--backend", "torch", "--device", "cpu",
+                      "-q"]) == 0
+    diff = np.abs(cv2.imread(str(half)).astype(int) - cv2.imread(str(full)).astype(int))
+    assert diff.max() <= 2  # 11 mantissa bits: at most a level or two on 8 bits
+
+
 def test_registry_passes_bf16_to_the_torch_backend(net):
     assert create_backend("torch", net, device="cpu", bf16=True).bf16
     assert not create_backend("torch", net, device="cpu").bf16

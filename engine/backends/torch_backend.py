@@ -140,13 +140,17 @@ class TorchBackend(Backend):
         super().__init__(device)
         if half and bf16:
             raise UserError("choose one of --fp16 (half) and --bf16, not both")
+        if half and not device.startswith("cuda"):
+            # FP16 convolutions on the CPU are emulated and slower than FP32: never silently
+            raise UserError(f"--fp16 (half) runs on CUDA only, not on {device}; on the CPU "
+                            "--bf16 is the reduced-precision mode")
         self.weights = weights
         self.bf16 = bf16
         if channels_last is None:
             channels_last = device.startswith("cuda") or bf16
         self.channels_last = channels_last
         self.compile = compile
-        self.half = half and device.startswith("cuda")
+        self.half = half
         self.cuda_graphs = cuda_graphs and device.startswith("cuda") and not compile
         self.native = not compile if native is None else native
         self.threads = threads

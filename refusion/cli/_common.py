@@ -19,32 +19,39 @@ def add_backend_options(p, backends: tuple[str, ...]) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="BF16 inference (torch backend; fast on CPUs with AVX512-BF16/AMX and on "
                         "CUDA): not the same images as FP32, about 56 dB PSNR against them")
+    p.add_argument("--fp16", action="store_true",
+                   help="FP16 inference on CUDA (torch backend, with CUDA graphs); for ONNX "
+                        "Runtime or TensorRT give an FP16 export as --weights instead "
+                        "(refusion-export --fp16)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (torch backend): 15-20 s of compilation per "
                         "frame size and batch on a 2-core CPU, then the fastest CPU runs")
 
 
 def backend_choice(args) -> tuple[str, dict]:
-    """The backend name and options from ``--backend``, ``--bf16`` and ``--compile``.
+    """The backend name and options from ``--backend``, ``--fp16``, ``--bf16`` and ``--compile``.
 
-    ``--bf16`` and ``--compile`` are options of the torch backend: with ``--backend auto`` they
-    select it, with another backend they are an error (not silently dropped).
+    These are options of the torch backend: with ``--backend auto`` they select it, with another
+    backend they are an error (not silently dropped). ``--fp16`` becomes the backend's ``half``.
     """
-    opts = {k: True for k in ("bf16", "compile") if getattr(args, k, False)}
+    flags = [k for k in ("fp16", "bf16", "compile") if getattr(args, k, False)]
+    opts = {("half" if k == "fp16" else k): True for k in flags}
     name = args.backend
     if opts and name != "torch":
         if name != "auto":
-            flags = " and ".join(f"--{k}" for k in opts)
-            verb = "needs" if len(opts) == 1 else "need"
-            raise UserError(f"{flags} {verb} the torch backend (--backend torch or auto), "
-                            f"not --backend {name}")
+            verb = "needs" if len(flags) == 1 else "need"
+            hint = (" (for an FP16 ONNX Runtime or TensorRT run, give an FP16 export as "
+                    "--weights: refusion-export --fp16)" if "fp16" in flags else "")
+            raise UserError(f"{' and '.join(f'--{k}' for k in flags)} {verb} the torch backend "
+                            f"(--backend torch or auto), not --backend {name}{hint}")
         name = "torch"
     return name, opts
 
 
 def mode_label(options: dict) -> str:
     """`` bf16 compiled`` for the messages of a run with those torch options, else ``""``."""
-    return " bf16" * bool(options.get("bf16")) + " compiled" * bool(options.get("compile"))
+    return (" fp16" * bool(options.get("half")) + " bf16" * bool(options.get("bf16"))
+            + " compiled" * bool(options.get("compile")))
 
 
 def _prog_name(fn: Callable) -> str:
