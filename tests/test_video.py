@@ -189,7 +189,7 @@ def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt):
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "no-vis", "bad-homography",
-                                  "not-mp4", "odd-sbs", "unwritable"])
+                                  "not-mp4", "odd-sbs", "unwritable", "task"])
 def test_bad_inputs_give_one_line(case, clips, ckpt, tmp_path):
     ir, vis = clips
     args = ["--ir", str(ir), "--vis", str(vis), "-o", str(tmp_path / "o.mp4"),
@@ -209,6 +209,9 @@ def test_bad_inputs_give_one_line(case, clips, ckpt, tmp_path):
         needle = "h.json"
     elif case == "not-mp4":
         args[5], needle = str(tmp_path / "o.avi"), ".mp4"
+    elif case == "task":
+        args += ["--task", "mfif"]
+        needle = "was trained for 'ivif', not 'mfif'"
     elif case == "unwritable":
         blocker = tmp_path / "file"
         blocker.write_text("x")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from refusion.cli._common import TASKS, cli_entry
+from refusion.engine.fuser import check_task
 from refusion.errors import UserError
 from refusion.utils.atomic import ensure_writable
 from refusion.zoo import resolve_weights, shipped_name
@@ -95,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = args.checkpoint or args.weights
     checkpoint = resolve_weights(spec, args.task)
     name = shipped_name(checkpoint)
-    if args.task:
-        from refusion.checkpoint import read_checkpoint
-
-        trained = read_checkpoint(checkpoint).task
-        if trained and trained != args.task:
-            raise UserError(f"{name or checkpoint} was trained for '{trained}', not "
-                            f"'{args.task}'")
+    check_task(checkpoint, args.task, name or str(checkpoint))
     ensure_writable(args.output)
     if args.engine:
         ensure_writable(args.engine)

@@ -21,20 +21,11 @@ from refusion.cli._common import (
     cli_entry,
     mode_label,
 )
-from refusion.engine import BACKENDS, create_backend
+from refusion.engine import BACKENDS, Fuser
 from refusion.engine.files import PairPaths, match_pairs
-from refusion.engine.preprocess import stack_inputs
 from refusion.errors import UserError
-from refusion.imaging import (
-    check_image_ext,
-    compose,
-    panel,
-    prepare_pair,
-    read_image,
-    write_image,
-)
+from refusion.imaging import check_image_ext, panel, read_image, write_image
 from refusion.utils.atomic import ensure_writable
-from refusion.zoo import resolve_weights, weights_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,16 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_task(weights: str, task: str | None, label: str) -> None:
-    if not task or str(weights).lower().endswith((".onnx", ".plan", ".engine", ".trt")):
-        return
-    from refusion.checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(weights)
-    if ckpt.task and task != ckpt.task:
-        raise UserError(f"--weights {label} was trained for '{ckpt.task}', not '{task}'")
-
-
 def _outputs(pair: PairPaths, out: Path, folder: bool, ext: str) -> tuple[Path, Path]:
     dest = out / f"{pair.stem}{ext}" if folder else out
     return dest, dest.with_name(f"{dest.stem}_panel{dest.suffix}")
@@ -103,40 +84,27 @@ def main(argv: list[str] | None = None) -> int:
         more = f" (and {len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
         print(f"refusion-fuse: warning: {len(unmatched)} images without a partner skipped: "
               f"{', '.join(unmatched[:3])}{more}", file=sys.stderr)
-    weights = resolve_weights(args.weights, args.task)
-    label = weights_label(args.weights, weights)
-    _check_task(weights, args.task, label)
+    fuser = Fuser(args.weights, task=args.task, backend=name, device=args.device,
+                  normalize=args.normalize, gray=args.gray, **options)
     ensure_writable(out, folder=folder)
-    backend = create_backend(name, weights, device=args.device, **options)
     bar = tqdm(total=len(pairs), desc="fuse", unit="pair", file=sys.stderr,
                disable=args.quiet or len(pairs) == 1)
-    with backend, bar:
+    with fuser, bar:
+        # files are read a chunk at a time, so a large folder never sits in memory whole
         for start in range(0, len(pairs), args.batch_size):
             chunk = pairs[start:start + args.batch_size]
             images = [(read_image(p.a), read_image(p.b)) for p in chunk]
-            prepared = [prepare_pair(ia, ib, str(p.a), str(p.b))
-                        for p, (ia, ib) in zip(chunk, images)]
-            if args.gray:
-                for pp in prepared:
-                    pp.chroma = None
-            # one inference per image size within the chunk: a batch needs one H x W
-            by_size: dict[tuple[int, int], list[int]] = {}
-            for i, pp in enumerate(prepared):
-                by_size.setdefault(pp.a.shape, []).append(i)
-            fused: dict[int, object] = {}
-            for idx in by_size.values():
-                result = backend.infer(stack_inputs([prepared[i] for i in idx]))
-                fused.update({i: result[k, 0] for k, i in enumerate(idx)})
-            for i, p in enumerate(chunk):
-                img = compose(fused[i], prepared[i].chroma, args.normalize)
+            fused = fuser.many(images, args.batch_size, [(str(p.a), str(p.b)) for p in chunk])
+            for p, (ia, ib), img in zip(chunk, images, fused):
                 dest, panel_dest = _outputs(p, out, folder, ext)
                 write_image(dest, img)
                 if args.panel:
-                    write_image(panel_dest, panel(images[i][0], images[i][1], img))
+                    write_image(panel_dest, panel(ia, ib, img))
             bar.update(len(chunk))
+    backend = fuser.backend
     where = out if folder else _outputs(pairs[0], out, False, ext)[0]
     print(f"wrote {len(pairs)} image{'s' * (len(pairs) > 1)} to {where} "
-          f"({backend.name}{mode_label(options)}, {backend.device}, weights {label})",
+          f"({backend.name}{mode_label(options)}, {backend.device}, weights {fuser.label})",
           file=sys.stderr)
     return 0
 

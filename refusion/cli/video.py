@@ -21,6 +21,7 @@ from refusion.cli._common import (
     mode_label,
 )
 from refusion.engine import BACKENDS, create_backend
+from refusion.engine.fuser import check_task
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor
 from refusion.engine.video import (
@@ -130,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         reader.release()
         raise UserError(f"-o {out}: the output must be an .mp4 file")
     try:
+        for name in ("max_frames", "batch_size", "queue"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
         ensure_writable(out)
         weights = resolve_weights(args.weights, args.task)
+        check_task(weights, args.task, f"--weights {weights_label(args.weights, weights)}")
     except UserError:
         reader.release()
         raise
-    for name in ("max_frames", "batch_size", "queue"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     h = load_homography(args.homography) if args.homography else None
     backend = create_backend(backend_name, weights, device=args.device, **options,
                              spin=False)  # idle ORT threads must not starve decode/encode
