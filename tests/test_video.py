@@ -170,8 +170,9 @@ def test_ctrl_c_leaves_a_playable_file(tmp_path, sigint_default):
 
 
 def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt):
-    ir = write_video(tmp_path / "ir.mp4", 600, 32, 24)
-    vis = write_video(tmp_path / "vis.mp4", 600, 32, 24)
+    # long enough (several seconds of fusion) that the signal always lands mid-run
+    ir = write_video(tmp_path / "ir.mp4", 4000, 32, 24)
+    vis = write_video(tmp_path / "vis.mp4", 4000, 32, 24)
     out = tmp_path / "sig.mp4"
     proc = subprocess.Popen(
         [sys.executable, "-m", "refusion.cli.video", "--ir", str(ir), "--vis", str(vis), "-o",
@@ -179,7 +180,7 @@ def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt):
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stderr.readline()  # the start line comes just before the pipeline runs
     assert "refusion-video:" in line
-    time.sleep(1.5)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     if proc.returncode == 0:
