@@ -166,8 +166,8 @@ def check_and_load(scan: PairScan, on_error: str, what: str = "training",
             continue
         if ya.shape != yb.shape:
             problems.append(
-                f"{pair.name}: size mismatch, {pair.a.name} is {ya.shape[1]}x{ya.shape[0]}, "
-                f"{pair.b.name} is {yb.shape[1]}x{yb.shape[0]}"
+                f"{pair.name}: size mismatch, {pair.a} is {ya.shape[1]}x{ya.shape[0]}, "
+                f"{pair.b} is {yb.shape[1]}x{yb.shape[0]}"
             )
             continue
         good.append(LoadedPair(pair.name, ya, yb))
