@@ -263,6 +263,15 @@ def test_a_data_error_leaves_no_run_folder(tmp_path):
     assert not run.exists() and not run.parent.exists()
 
 
+def test_an_unwritable_run_folder_is_one_line(mf_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for run, needle in ((blocker, "it is a file, not a folder"), (blocker / "run", "")):
+        with pytest.raises(UserError, match=f"cannot write into {run}: {needle}"):
+            Trainer(_cfg(mf_data), run, quiet=True)
+    assert blocker.read_text() == "x"
+
+
 def test_cli_print_config_shows_the_paper_defaults(capsys):
     from refusion.cli.train import main
 

@@ -51,7 +51,7 @@ from refusion.train.data import (
     split_meta,
 )
 from refusion.train.logging import ScalarLog, write_panel
-from refusion.utils.atomic import atomic_path, atomic_write_text
+from refusion.utils.atomic import atomic_path, atomic_write_text, ensure_writable
 
 LOWER_IS_BETTER = {"MSE", "Nabf"}
 
@@ -183,7 +183,7 @@ class Trainer:
             if self.dist.is_main:  # a later --resume continues with this sitting's overrides
                 save_run_config(self.run_dir, cfg)
         elif self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ensure_writable(self.run_dir, folder=True)  # one line naming --out otherwise
             save_run_config(self.run_dir, cfg)
         D.barrier(self.dist)
 
