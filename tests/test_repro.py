@@ -89,6 +89,19 @@ def test_missing_dataset_is_a_user_error(fake_shared):
         make_split("mif", fake_shared / "nowhere")
 
 
+def test_unwritable_work_or_results_fail_before_training(fake_shared, tmp_path):
+    from refusion.repro.run import run_repro
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for kwargs, where in (({"work": blocker}, blocker / "mfif"), ({"results": blocker}, blocker),
+                          ({"publish": blocker / "w"}, blocker / "w")):
+        args = {"work": tmp_path / "work", "results": tmp_path / "res", **kwargs}
+        with pytest.raises(UserError, match=f"cannot write into {where}"):
+            run_repro("mfif", fake_shared, recipe="tiny", quiet=True, **args)
+    assert not (tmp_path / "work" / "mfif" / "learned").exists()  # nothing was trained
+
+
 def test_recipes_resolve_and_load():
     from refusion.train.config import build_config
 

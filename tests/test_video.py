@@ -190,7 +190,8 @@ def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt):
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "no-vis", "bad-homography",
-                                  "not-mp4", "odd-sbs", "unwritable", "task"])
+                                  "not-mp4", "odd-sbs", "unwritable", "task", "preview-avi",
+                                  "stats-unwritable"])
 def test_bad_inputs_give_one_line(case, clips, ckpt, tmp_path):
     ir, vis = clips
     args = ["--ir", str(ir), "--vis", str(vis), "-o", str(tmp_path / "o.mp4"),
@@ -210,6 +211,14 @@ def test_bad_inputs_give_one_line(case, clips, ckpt, tmp_path):
         needle = "h.json"
     elif case == "not-mp4":
         args[5], needle = str(tmp_path / "o.avi"), ".mp4"
+    elif case == "preview-avi":
+        args += ["--preview", str(tmp_path / "p.avi")]
+        needle = "--preview"
+    elif case == "stats-unwritable":
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        args += ["--stats-json", str(blocker / "s.json")]
+        needle = f"cannot write {blocker / 's.json'}"
     elif case == "task":
         args += ["--task", "mfif"]
         needle = "was trained for 'ivif', not 'mfif'"

@@ -127,15 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         reader.release()
         raise UserError("-o/--output is required")
     out = Path(args.output)
-    if out.suffix.lower() != ".mp4":
-        reader.release()
-        raise UserError(f"-o {out}: the output must be an .mp4 file")
     try:
+        for option, path in (("-o", out), ("--preview", args.preview)):
+            if path and Path(path).suffix.lower() != ".mp4":
+                raise UserError(f"{option} {path}: the output must be an .mp4 file")
         for name in ("max_frames", "batch_size", "queue"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        ensure_writable(out)
+        for path in (out, args.preview, args.stats_json):
+            if path:  # all before the first frame: the stats are written after the last one
+                ensure_writable(path)
         weights = resolve_weights(args.weights, args.task)
         check_task(weights, args.task, f"--weights {weights_label(args.weights, weights)}")
     except UserError:

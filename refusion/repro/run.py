@@ -33,7 +33,7 @@ from refusion.repro.report import (
 )
 from refusion.repro.splits import RULES, Split, make_split, write_split
 from refusion.repro.train import recipe_path, stage_split, train_variant, wall_time
-from refusion.utils.atomic import atomic_write_text
+from refusion.utils.atomic import atomic_write_text, ensure_writable
 
 AUTHORS_IVIF = "ReFusion_IVIF.pth"
 # What ships as named weights: the learnt loss and the fixed-loss ablation (the decision-map
@@ -109,10 +109,11 @@ def run_repro(task: str, data_root: str | Path, *, recipe: str = "cpu",
     named weights with a model card (:func:`publish_variant`).
     """
     split = make_split(task, data_root, seed)
-    task_dir = Path(work) / task
+    task_dir = ensure_writable(Path(work) / task, folder=True)
+    results = ensure_writable(results, folder=True)
+    if publish is not None:
+        ensure_writable(publish, folder=True)
     stage_split(split, task_dir)
-    results = Path(results)
-    results.mkdir(parents=True, exist_ok=True)
     write_split(split, results / "splits" / f"{task}.json")
 
     ckpts: dict[str, Path] = {}
