@@ -7,20 +7,31 @@ force the references, e.g. to compare speed or to rule the kernels out while deb
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import os
+import warnings
 from types import ModuleType
 
 
 @functools.cache
 def native_module() -> ModuleType | None:
-    """Return ``refusion._C`` or ``None`` when it is not built or disabled."""
+    """Return ``refusion._C`` or ``None`` when it is not built or disabled.
+
+    A module that is built but does not load (built against another torch or Python, a
+    missing shared library) also gives ``None``, with a warning that says why: silently
+    falling back would hide a broken build behind slower results.
+    """
     if os.environ.get("REFUSION_DISABLE_NATIVE", "") not in ("", "0"):
         return None
+    if importlib.util.find_spec("refusion._C") is None:
+        return None  # not built: the references are the intended path
     try:
-        from refusion import _C  # type: ignore[attr-defined]
-    except ImportError:
+        return importlib.import_module("refusion._C")
+    except ImportError as exc:
+        warnings.warn(f"refusion._C is built but does not load ({exc}); the PyTorch "
+                      "references run instead", RuntimeWarning, stacklevel=2)
         return None
-    return _C
 
 
 def native_available() -> bool:
