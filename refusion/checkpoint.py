@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,13 +153,28 @@ def _read_ours(p: Path) -> Checkpoint:
     )
 
 
+def refusal_reason(exc: pickle.UnpicklingError) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words.
+
+    torch's own text runs to a page, with terminal escapes, and suggests
+    ``weights_only=False``, which a checkpoint from elsewhere must never get.
+    """
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it names the Python object {found.group(1)}, which only a full unpickle would run"
+    found = re.search(r"Unsupported operand (\d+)", text)
+    if found:
+        return f"not a torch file, or damaged (unknown pickle operand {found.group(1)})"
+    return "torch.load(weights_only=True) refused it"
+
+
 def _read_torch(p: Path) -> Checkpoint:
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise CheckpointError(
-            f"refusing to load {p}: it is not a plain tensor state dict ({first})"
+            f"refusing to load {p}: it is not a plain tensor state dict ({refusal_reason(exc)})"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(f"cannot read {p} as a torch checkpoint ({exc})") from None

@@ -45,11 +45,13 @@ def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
     assert "pwned" not in capsys.readouterr().out
 
 
-def test_raw_pickle_refused(tmp_path):
+def test_raw_pickle_refused(tmp_path, capsys):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(_Evil(), protocol=2))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="refusing to load .* names the Python object") as e:
         read_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)  # one clean line
 
 
 def test_mismatched_checkpoint_names_first_keys(tmp_path):

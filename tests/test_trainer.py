@@ -223,7 +223,14 @@ def test_decision_ablation_trains(mf_data, tmp_path):
     tr = Trainer(_cfg(mf_data, "ablation.fusion=decision", "schedule.max_steps=4"),
                  tmp_path / "run", quiet=True)
     assert isinstance(tr.fusion, DecisionFusionNet)
-    assert tr.fit().step == 4
+    before = {k: v.clone() for k, v in tr.fusion.state_dict().items()}
+    res = tr.fit()
+    assert res.step == 4
+    assert any(not torch.equal(before[k], v) for k, v in tr.fusion.state_dict().items())
+    from refusion.checkpoint import load_fusion_model
+
+    model, _ = load_fusion_model(res.checkpoint)  # the checkpoint knows it is a decision map
+    assert isinstance(model, DecisionFusionNet)
 
 
 def test_cli_trains_and_resumes(mf_data, tmp_path, capsys):
@@ -317,8 +324,8 @@ def test_resume_with_a_broken_saved_config_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("state, needle", [
-    (b"garbage", "not a file refusion-train wrote, or damaged"),
-    ({"step": 2, "evil": math.gcd}, "not a file refusion-train wrote, or damaged"),
+    (b"garbage", "not a torch file, or damaged"),
+    ({"step": 2, "evil": math.gcd}, "names the Python object math.gcd, which only a full unp"),
     ([1, 2], "is not a refusion-train training state"),
     ({"step": 2, "optim": {}, "rng": {}}, "holds no usable fusion optimiser state"),
 ])

@@ -34,7 +34,12 @@ import torch
 import yaml
 from torch import nn
 
-from refusion.checkpoint import load_state_checked, read_checkpoint, save_checkpoint
+from refusion.checkpoint import (
+    load_state_checked,
+    read_checkpoint,
+    refusal_reason,
+    save_checkpoint,
+)
 from refusion.config import to_dict
 from refusion.errors import UserError
 from refusion.models import FusionNet, ProposalNet, ReconstructionNet, fixed_weights
@@ -115,10 +120,8 @@ def _read_state(path: Path) -> dict:
     """The optimiser and generator state beside a checkpoint, loaded as untrusted input."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own text runs to a page and suggests weights_only=False, which we never do
-        raise UserError(f"cannot read training state {path}: not a file refusion-train wrote, "
-                        "or damaged (refused by torch.load(weights_only=True))") from None
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"cannot read training state {path}: {refusal_reason(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot read training state {path}: {first}") from None
