@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -132,7 +133,9 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
     page = res.page.read_text()
     for row in ("| learned |", "| fixed |", "| decision |", "| average |", "| maximum |"):
         assert row in page
-    assert "learnt loss beats the fixed loss" in page
+    # the verdict sentence with its counts (whatever the tiny run's counts are)
+    assert re.search(r"The learnt loss (beats the fixed loss \(W = V = 1/2\) on \d+ of \d+ |"
+                     r"does not beat the fixed loss \(W = V = 1/2\) on any of the \d+ )", page)
     assert "**Does the learnt V follow focus?**" in page  # multi-focus pages check P's V maps
     assert "**The decision map and its loss.**" in page  # pages with a decision row measure it
     assert "For comparison, with the 'learned' run's P" in page
@@ -189,3 +192,26 @@ def test_repro_overrides_may_follow_the_options():
     assert args.overrides == ["fusion.dim=8", "fusion.blocks=1"]
     with pytest.raises(SystemExit):  # anything else after the options is still an error
         parse_args(["repro", "ivif", "--recipe", "tiny", "--bogus"])
+
+
+def test_the_verdict_says_a_loss_plainly():
+    from refusion.repro.run import _verdict
+
+    class _Scores:
+        metrics = ["EN", "SD"]
+
+        def __init__(self, learned):
+            self.learned = learned
+
+        def summary(self):
+            return {"learned": {"EN": (self.learned, 0), "SD": (self.learned, 0)},
+                    "fixed": {"EN": (5.0, 0), "SD": (5.0, 0)}, "average": {"EN": (4.0, 0),
+                                                                   "SD": (6.0, 0)}}
+
+    assert _verdict(_Scores(6.0)) == (
+        "The learnt loss beats the fixed loss (W = V = 1/2) on 2 of 2 metrics (EN, SD). "
+        "Against plain average the learnt model is ahead on 1 of 2 metrics.")
+    assert _verdict(_Scores(4.5)).startswith(
+        "The learnt loss does not beat the fixed loss (W = V = 1/2) on any of the 2 metrics; "
+        "the fixed loss is ahead on all of them. Against plain average the learnt model is "
+        "ahead on 1 of 2 metrics.")

@@ -218,10 +218,13 @@ def _verdict(scores: Scores) -> str:
         return ""
     wins = [m for m in scores.metrics if summ["learned"][m][0] > summ["fixed"][m][0]]
     losses = [m for m in scores.metrics if m not in wins]
-    text = (f"The learnt loss beats the fixed loss (W = V = 1/2) on {len(wins)} of "
-            f"{len(scores.metrics)} metrics")
-    text += f" ({', '.join(wins)})" if wins else ""
-    text += f"; the fixed loss is ahead on {', '.join(losses)}." if losses else "."
+    if wins:
+        text = (f"The learnt loss beats the fixed loss (W = V = 1/2) on {len(wins)} of "
+                f"{len(scores.metrics)} metrics ({', '.join(wins)})")
+        text += f"; the fixed loss is ahead on {', '.join(losses)}." if losses else "."
+    else:  # said plainly: "beats ... on 0 of 6" reads like a win
+        text = (f"The learnt loss does not beat the fixed loss (W = V = 1/2) on any of the "
+                f"{len(scores.metrics)} metrics; the fixed loss is ahead on all of them.")
     for base in ("average", "maximum"):
         if base in summ:
             ahead = [m for m in scores.metrics if summ["learned"][m][0] > summ[base][m][0]]
