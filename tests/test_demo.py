@@ -8,6 +8,24 @@ import pytest
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _r_moved(run_dir) -> bool:
+    """Whether the run's final R differs from R at the run's seeded initialisation (the
+    trainer seeds, then builds F, P and R in that order)."""
+    import torch
+
+    from refusion.checkpoint import read_checkpoint
+    from refusion.models import FusionNet, ProposalNet, ReconstructionNet
+    from refusion.train.trainer import load_run_config
+
+    cfg = load_run_config(run_dir)
+    torch.manual_seed(cfg.seed)
+    FusionNet(cfg.fusion), ProposalNet(cfg.proposal)
+    init = ReconstructionNet(cfg.reconstruction).state_dict()
+    final = read_checkpoint(run_dir / "final.safetensors").tensors["reconstruction"]
+    assert set(final) == set(init)
+    return any(not torch.equal(final[k], v) for k, v in init.items())
+
+
 def test_demo_quick(tmp_path, capsys):
     from refusion.cli.main import main
 
@@ -20,6 +38,7 @@ def test_demo_quick(tmp_path, capsys):
     assert str(pic) in out
     img = cv2.imread(str(pic))
     assert img is not None and img.shape[1] > 5 * 48
+    assert not _r_moved(tmp_path / "run-mfif")  # R really was kept
 
 
 def test_demo_also_fuses_with_shipped_weights(tmp_path, monkeypatch, capsys):
@@ -52,6 +71,7 @@ def test_demo_meif_quick_trains_r(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warm-up" not in out and "R kept" not in out and "better exposed" in out
     assert res["picture"].name == "demo_meif.png" and res["picture"].is_file()
+    assert _r_moved(res["run_dir"])  # R really was trained
     with pytest.raises(ValueError, match="no demo for task 'ivif'"):
         run_demo("ivif", tmp_path, quick=True)
 

@@ -151,7 +151,9 @@ def test_torch_cuda_matches_cpu(tiny, precision, form):
 def test_cuda_requests_fail_clearly(tiny_onnx):
     with pytest.raises(UserError, match="no CUDA device"):
         create_backend("onnxruntime", tiny_onnx, device="cuda")
-    assert available_backends()["tensorrt"]
+    # without a GPU the reason is one of the two real causes, whichever is checked first
+    assert available_backends()["tensorrt"] in ("the tensorrt package is not installed",
+                                                "no CUDA device is available")
 
 
 def test_tensorrt_backend():

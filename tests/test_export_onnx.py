@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from conftest import shared_path
 from refusion.export import census, export_onnx, read_onnx_metadata
 from refusion.export import onnx_export as oe
@@ -118,7 +119,12 @@ def test_census_tensorrt_supported(tiny_onnx):
 
 
 def test_export_in_memory_model_leaves_it_untouched(tmp_path, tiny_net):
+    tiny_net.train()
+    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
     out = export_onnx(tiny_net, tmp_path / "sub" / "m.onnx", check=False, metadata={"run": "7"})
+    after = tiny_net.state_dict()
+    assert tiny_net.training and set(after) == set(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
     meta = read_onnx_metadata(out)
     assert meta["source_format"] == "module" and meta["source_checkpoint_sha256"] == ""
     assert meta["run"] == "7"

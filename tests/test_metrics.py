@@ -37,6 +37,11 @@ def test_en_sd_hand_values():
     assert M.en(g, "cddfuse") == pytest.approx(1.5)  # -> 0, 2, 2, 4
     assert M.en(g, "vifb") == pytest.approx(2.0)  # -> 0, 1, 2, 3
     assert M.en(g, "tang") == pytest.approx(2.0)  # -> 1, 2, 3, 4
+    # floor against rounding (half away from zero for tang, half-even for cddfuse)
+    g2 = np.array([[0.4, 0.6], [1.4, 1.6]])
+    assert M.en(g2, "vifb") == pytest.approx(1.0)  # -> 0, 0, 1, 1
+    assert M.en(g2, "tang") == pytest.approx(1.5)  # -> 0, 1, 1, 2
+    assert M.en(g2, "cddfuse") == pytest.approx(1.5)  # -> 0, 1, 1, 2
 
 
 def test_sf_ag_hand_values():
@@ -80,12 +85,19 @@ def test_mi_tang_merges_254_and_255_in_the_joint_histogram():
 
 
 def test_qabf_equal_gradient_branch_gives_gf():
-    # A == F everywhere: gA == gF, so G_AF = gF (sic); interior zero-gradient pixels give a
-    # Q of ~0 but weight 0, edges with gF >= 1 give ~0.9994 * 0.9879 * ...
+    # A == F everywhere: gA == gF, so G_AF = gF (sic), not 1. A weak step keeps gF well below
+    # 1, where the two readings differ (0.18 against 0.97): Q = Q_g(gF) * Q_a(1) per pixel,
+    # weighted by gA, with the gradients from scipy's own convolution (zero padding).
+    from scipy.ndimage import convolve
+
     a = np.zeros((5, 5))
-    a[:, 2:] = 10.0
-    q = M.qabf(a, a, a)
-    assert 0.9 < q < 0.9994
+    a[:, 2:] = 0.1
+    sx = convolve(a, np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]), mode="constant")
+    sy = convolve(a, np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]]), mode="constant")
+    g = np.hypot(sx, sy)
+    q_g = 0.9994 / (1 + np.exp(-15 * (g - 0.5)))
+    q_a = 0.9879 / (1 + np.exp(-22 * (1 - 0.8)))
+    assert M.qabf(a, a, a) == pytest.approx(float(np.sum(q_g * q_a * g) / np.sum(g)), rel=1e-9)
 
 
 def test_q_ncie_hand_values():

@@ -152,3 +152,17 @@ def test_nabf_weights_and_threshold():
     f[10:20, 10:20] += 300  # a strong block edge: an artefact
     v = M.nabf(a, b, f)
     assert 0 < v <= 1
+    # The threshold, by hand: A = B is a ramp of slope s (Sobel/8 gradient s) on columns 0-19
+    # and flat after it; F adds a block in the flat part. Its 112 edge pixels (7 %) are the
+    # only ones where F's gradient beats the sources', each with Q ~ 0 (G_AF = 0).
+    for s in (1.9, 2.1):
+        a = np.zeros((40, 40))
+        a[:, :20] = s * np.arange(20)
+        a[:, 20:] = s * 19
+        f = a.copy()
+        f[10:30, 28:36] += 100
+        # weights: s^1.5 on the ramp's 18 interior columns if s >= 2, else 0.001; 0.001 on
+        # column 0 (reflected border: gradient 0), 19 (s/2) and the flat part
+        ramp = 40 * 18 * (s**1.5 if s >= 2 else 0.001)
+        expected = 112 * 0.001 / (ramp + (1600 - 720) * 0.001)
+        assert M.nabf(a, a, f) == pytest.approx(expected, rel=5e-3)  # Q is 0.3 %, not 0

@@ -20,6 +20,13 @@ def test_fusion_published_size():
     net = FusionNet()
     assert count_parameters(net) == 59_856
     assert macs_per_pixel(net) == 60_176
+    # measured independently: torch's FLOP counter on a real forward (2 FLOPs per multiply-add;
+    # convolutions and the attention's batched products; the softmax is not counted)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.eval()(torch.rand(1, 2, 16, 24))
+    assert counter.get_total_flops() == 2 * 60_176 * 16 * 24
     assert not any(isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in net.modules())
 
 
@@ -73,6 +80,7 @@ def test_proposal_weights_sum_to_one():
 def test_proposal_starts_at_fixed_loss():
     w = ProposalNet()(torch.rand(1, 1, 9, 9), torch.rand(1, 1, 9, 9))
     torch.testing.assert_close(w.w_a, torch.full_like(w.w_a, 0.5))
+    torch.testing.assert_close(w.v_a, torch.full_like(w.v_a, 0.5))
 
 
 def test_reconstruction_two_branches():
