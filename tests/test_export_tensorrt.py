@@ -189,3 +189,20 @@ def test_build_engine_real(tmp_path, graphs, precision):
     side = tb.read_plan_sidecar(plan)
     assert plan.stat().st_size > 0 and cache.stat().st_size > 0
     assert side["accuracy"]["psnr_db"] >= 50 and side["precision"].startswith("fp16")
+
+
+def test_a_plan_from_another_tensorrt_or_gpu_is_named_before_loading():
+    from refusion.engine.backends.tensorrt_backend import plan_mismatch, profile_text
+
+    side = {"tensorrt_version": "10.3.0", "gpu": {"compute_capability": "9.0"},
+            "profiles": [tb.make_profile((64, 64), (480, 640), (1080, 1920), batch=2).as_dict()]}
+    assert plan_mismatch(side, "10.3.0", "9.0") is None
+    assert plan_mismatch(side, "10.5.0", "9.0") == (
+        "built with TensorRT 10.3.0, this is TensorRT 10.5.0")
+    assert plan_mismatch(side, "10.5.0", "8.9") == (
+        "built with TensorRT 10.3.0, this is TensorRT 10.5.0; built for compute capability "
+        "9.0, this GPU is 8.9")
+    assert plan_mismatch({}, "10.5.0", "8.9") is None  # no sidecar: TensorRT itself decides
+    assert plan_mismatch({"gpu": {"compute_capability": "unknown"}}, "10.5.0", "8.9") is None
+    assert profile_text(side) == "1x2x64x64 .. 2x2x480x640 .. 2x2x1080x1920"
+    assert profile_text({}) == "(unknown: no sidecar)"

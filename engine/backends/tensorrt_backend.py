@@ -33,6 +33,30 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, ""
 
 
+def plan_mismatch(sidecar: dict, trt_version: str, capability: str) -> str | None:
+    """Why a plan cannot run here, from its sidecar, or None when nothing says so.
+
+    A plan runs only under the TensorRT version that built it and on GPUs of the compute
+    capability it was built for (our builds set neither compatibility flag). Checking the
+    sidecar first turns TensorRT's bare deserialisation failure into a message that says which.
+    """
+    built, cc = sidecar.get("tensorrt_version"), (sidecar.get("gpu") or {}).get(
+        "compute_capability")
+    problems = []
+    if built and built != "unknown" and built != trt_version:
+        problems.append(f"built with TensorRT {built}, this is TensorRT {trt_version}")
+    if cc and cc != "unknown" and cc != capability:
+        problems.append(f"built for compute capability {cc}, this GPU is {capability}")
+    return "; ".join(problems) or None
+
+
+def profile_text(sidecar: dict) -> str:
+    """The optimisation profile(s) of a plan's sidecar, as ``min .. opt .. max`` shapes."""
+    shapes = ["x".join(map(str, s)) for p in sidecar.get("profiles") or []
+              for s in (p.get("min"), p.get("opt"), p.get("max")) if s]
+    return " .. ".join(shapes) if shapes else "(unknown: no sidecar)"
+
+
 class TensorRTBackend(Backend):
     """Run a TensorRT engine (``.plan``) of the fusion module.
 
@@ -74,6 +98,11 @@ class TensorRTBackend(Backend):
                 self.sidecar = json.loads(side.read_text())
             except (OSError, ValueError):
                 self.sidecar = {}
+        major, minor = torch.cuda.get_device_capability(torch.device(self.device))
+        why = plan_mismatch(self.sidecar, trt.__version__, f"{major}.{minor}")
+        if why:
+            raise UserError(f"{self.plan_path} cannot run here ({why}): rebuild it with "
+                            "refusion-export --engine")
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         self._engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
@@ -113,7 +142,7 @@ class TensorRTBackend(Backend):
         if not self._context.set_input_shape("sources", shape):
             raise UserError(
                 f"{self.plan_path}: input shape {shape} is outside the engine's optimisation "
-                f"profile {self.sidecar.get('profile', '')} (rebuild it with refusion-export)"
+                f"profile {profile_text(self.sidecar)} (rebuild it with refusion-export)"
             )
         self._context.set_tensor_address("sources", x.data_ptr())
         self._context.set_tensor_address("fused", y.data_ptr())

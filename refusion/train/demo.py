@@ -83,7 +83,7 @@ def _settings(b: DemoBudget, root: Path, seed: int) -> list[str]:
         f"schedule.meta_steps={b.meta_steps}", f"schedule.fusion_steps={b.fusion_steps}",
         f"schedule.patch={b.patch}", f"schedule.batch={b.batch}",
         f"schedule.warmup_steps={b.warmup}",
-        # A small F (about 7k parameters) and faster learning rates, so minutes suffice.
+        # A small F (about 12k parameters) and faster learning rates, so minutes suffice.
         "fusion.dim=8", "fusion.blocks=1", "fusion.heads=2", "proposal.width=8",
         "reconstruction.width=8", "optim.lr_fusion=1e-3",
         f"optim.lr_reconstruction={0 if b.freeze_r else 1e-3}",
