@@ -8,7 +8,10 @@ full its oldest frame is dropped and counted.
 Output: written to a hidden temp file next to ``output`` and renamed onto it at the end, so a
 crash never leaves a half file under the final name. Ctrl-C stops reading, lets the frames in
 flight finish (a second Ctrl-C skips them), releases the writer (the MP4 is then complete and
-playable) and renames it, then re-raises ``KeyboardInterrupt``.
+playable) and renames it, then re-raises ``KeyboardInterrupt``. When a stage fails (a backend
+error, an unreadable frame), the frames already encoded are kept, playable, as
+``<name>.incomplete.mp4`` beside ``output`` (:attr:`PipelineStats.salvaged`), and the error is
+raised; a stage that fails never leaves the others waiting on a queue.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from refusion.errors import UserError
 from refusion.imaging import panel
 
 _END = object()
+#: seconds a failed or twice-interrupted run waits for a reader stuck in a read
+ABORT_GRACE_S = 5.0
 
 
 @dataclass
@@ -41,12 +46,14 @@ class PipelineStats:
     frames: int = 0  # frames written
     read: int = 0  # pairs read
     dropped: int = 0  # infrared frames skipped by pairing + live frames dropped when busy
+    live_dropped: int = 0  # of which: camera frames dropped because the pipeline was busy
     decode_s: float = 0.0  # reading, pairing, alignment, colour conversion
     infer_s: float = 0.0
     encode_s: float = 0.0  # composing the output frame(s) and encoding
     wall_s: float = 0.0
     interrupted: bool = False
     ended: str = ""
+    salvaged: str = ""  # where the frames of a failed run went (empty when none)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -61,7 +68,9 @@ class PipelineStats:
     def summary(self) -> str:
         per = (lambda s: f"{1e3 * s / self.frames:.1f} ms") if self.frames else (lambda s: "-")
         return (f"{self.frames} frames in {self.wall_s:.2f} s ({self.fps:.2f} fps), "
-                f"{self.dropped} dropped; per frame: decode {per(self.decode_s)}, "
+                f"{self.dropped} dropped"
+                + (f" ({self.live_dropped} while busy)" if self.live_dropped else "")
+                + "; per frame: decode {per(self.decode_s)}, "
                 f"infer {per(self.infer_s)}, encode {per(self.encode_s)}"
                 + (" [interrupted]" if self.interrupted else ""))
 
@@ -86,17 +95,21 @@ class _Writer:
                 raise UserError(f"cannot write a video to {self.path} (mp4v codec, {w}x{h})")
         self._vw.write(frame)
 
-    def finish(self, keep: bool) -> bool:
-        """Release; move the temp file onto the final name when ``keep``, else delete it."""
+    @property
+    def salvage_path(self) -> Path:
+        """Where :meth:`finish` puts the frames of a failed run (never the final name)."""
+        return self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix or '.mp4'}")
+
+    def finish(self, keep: bool) -> Path | None:
+        """Release, then move the temp file onto the final name when ``keep``, else onto
+        :attr:`salvage_path` (a failed run's frames are the user's too); the path or None."""
         if self._vw is None:
-            return False
+            return None
         self._vw.release()
         self._vw = None
-        if keep:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return keep
+        dest = self.path if keep else self.salvage_path
+        os.replace(self.tmp, dest)
+        return dest
 
 
 class VideoPipeline:
@@ -135,19 +148,36 @@ class VideoPipeline:
         self.progress = progress
 
     # --- stages ---------------------------------------------------------------------------
+    def _get(self, q: queue.Queue) -> Any:
+        """Next item, or the end marker once aborted: a consumer must not wait forever on a
+        producer that failed (a failed stage's end marker is not delivered after an abort)."""
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self.abort.is_set():
+                    return _END
+
     def _put(self, q: queue.Queue, item: Any, live: bool = False) -> bool:
         """Put unless aborted; a live source drops its oldest frame instead of waiting."""
         while not self.abort.is_set():
+            if live and item is not _END:  # never block a camera: make room at once
+                try:
+                    q.put_nowait(item)
+                    return True
+                except queue.Full:
+                    try:
+                        q.get_nowait()
+                        self.stats.dropped += 1
+                        self.stats.live_dropped += 1
+                    except queue.Empty:
+                        pass
+                    continue
             try:
                 q.put(item, timeout=0.1)
                 return True
             except queue.Full:
-                if live and item is not _END:
-                    try:
-                        q.get_nowait()
-                        self.stats.dropped += 1
-                    except queue.Empty:
-                        pass
+                pass
         return False
 
     def _decode(self) -> None:
@@ -177,7 +207,7 @@ class VideoPipeline:
         try:
             pending: Any = None  # a frame of another size, held back for the next batch
             while not self.abort.is_set():
-                item = pending if pending is not None else self.q_in.get()
+                item = pending if pending is not None else self._get(self.q_in)
                 pending = None
                 if item is _END:
                     break
@@ -206,7 +236,7 @@ class VideoPipeline:
     def _encode(self) -> None:
         try:
             while True:
-                item = self.q_out.get()
+                item = self._get(self.q_out)
                 if item is _END or self.abort.is_set():
                     break
                 ir, vis, pair, fused = item
@@ -268,6 +298,7 @@ class VideoPipeline:
         try:
             for t in threads:
                 t.start()
+            aborted_at: float | None = None
             while True:
                 try:
                     while not all(e.is_set() for e in finished):
@@ -275,6 +306,12 @@ class VideoPipeline:
                         if self.stats.frames > shown:
                             bar.update(self.stats.frames - shown)
                             shown = self.stats.frames
+                        if self.abort.is_set() and finished[2].is_set():
+                            # the writers are the encoder's alone: once it is done they can be
+                            # finalised; a reader stuck in a camera read gets a few seconds
+                            aborted_at = aborted_at or time.perf_counter()
+                            if time.perf_counter() - aborted_at > ABORT_GRACE_S:
+                                break
                     break
                 except KeyboardInterrupt:
                     interrupts += 1
@@ -283,18 +320,21 @@ class VideoPipeline:
                     if interrupts > 1:  # second Ctrl-C: skip the frames still in flight
                         self.abort.set()
         finally:
-            alive = not all(e.is_set() for e in finished)
-            failed = bool(self._errors) or alive
+            encoding = not finished[2].is_set()
+            failed = bool(self._errors) or not all(e.is_set() for e in finished)
             bar.update(self.stats.frames - shown)
             bar.close()
             self.stats.wall_s = time.perf_counter() - t_start
             self.stats.read = self.reader.stats.pairs
             self.stats.dropped += self.reader.stats.dropped
             self.stats.ended = self.reader.stats.ended
-            if not alive:  # never release a writer a thread may still be writing to
+            if not encoding:  # never release a writer the encoder may still be writing to
                 for w in (self.writer, self.preview):
                     if w is not None:
-                        w.finish(keep=not failed)
+                        done = w.finish(keep=not failed)
+                        if failed and done is not None and w is self.writer:
+                            self.stats.salvaged = str(done)
+            if finished[0].is_set():  # a decoder still inside a read keeps its capture
                 self.reader.release()
         if self._errors:
             raise self._errors[0]

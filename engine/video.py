@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,11 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def natural_key(path: Path) -> list:
+    """Sort key that puts ``frame_2`` before ``frame_10`` (digit runs compare as numbers)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
 class FrameSource:
     """Frames of a video file, a camera (integer index) or a folder of images.
 
@@ -69,7 +75,9 @@ class FrameSource:
         self.index = 0
         self._cap: cv2.VideoCapture | None = None
         self._files: list[Path] = []
-        self.live = isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit())
+        # a digit string is a camera index unless a file or folder of that name exists
+        self.live = isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()
+                                               and not Path(spec).exists())
         if self.live:
             self._cap = cv2.VideoCapture(int(spec))
             if not self._cap.isOpened():
@@ -79,8 +87,8 @@ class FrameSource:
             if not p.exists():
                 raise UserError(f"--{name}: not found: {p}")
             if p.is_dir():
-                self._files = sorted(f for f in p.iterdir()
-                                     if f.suffix.lower() in IMAGE_SUFFIXES)
+                self._files = sorted((f for f in p.iterdir()
+                                      if f.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
                 if not self._files:
                     raise UserError(f"--{name} {p}: folder holds no images")
             else:
@@ -91,7 +99,8 @@ class FrameSource:
         self._first: np.ndarray | None = None
         if self._cap is not None:
             cap_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            self.fps = fps or (cap_fps if 1.0 <= cap_fps <= 1000.0 else DEFAULT_FPS)
+            # a file's own rate wins: --fps is for frame folders, and for what reports none
+            self.fps = cap_fps if 1.0 <= cap_fps <= 1000.0 else (fps or DEFAULT_FPS)
             n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             self.frame_count = -1 if self.live or n <= 0 else n
             ok, frame = self._cap.read()
@@ -107,6 +116,8 @@ class FrameSource:
 
     def read(self) -> tuple[np.ndarray, float] | None:
         """Next ``(frame, timestamp in seconds)``, or ``None`` at the end."""
+        if self._first is not None and self.live:
+            self._first = None  # grabbed at opening, possibly seconds ago: read a fresh one
         if self._first is not None:
             frame, self._first = self._first, None
         elif self._cap is not None:
@@ -171,6 +182,14 @@ class PairReader:
             self.fps, self.live = vis.fps, vis.live or ir.live  # type: ignore[union-attr]
             self.vis_size, self.ir_size = vis.size, ir.size  # type: ignore[union-attr]
             self._check_lengths()
+            if ir.live and vis.live:  # type: ignore[union-attr]
+                # one clock origin: each camera's started when it opened, and the first to
+                # open would run ahead of the other by the second one's opening time
+                ir._t0 = vis._t0 = time.monotonic()  # type: ignore[union-attr]
+            elif self.live:
+                self.stats.warnings.append(
+                    "a camera paired with a file: the camera's frames are timed by their "
+                    "arrival, the file's by its frame rate, so the pairs are not synchronised")
 
     def _check_lengths(self) -> None:
         ir, vis = self.ir, self.vis

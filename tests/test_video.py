@@ -169,6 +169,139 @@ def test_ctrl_c_leaves_a_playable_file(tmp_path, sigint_default):
     assert not list(tmp_path.glob(".cut*"))
 
 
+class _FailingBackend(TorchBackend):
+    """A backend that fails on its third call (an out-of-memory, a crashed runtime)."""
+
+    def _infer(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            raise RuntimeError("backend exploded")
+        return super()._infer(batch)
+
+
+def _run_with_deadline(pipe, seconds=60.0):
+    """Run the pipeline in a thread; a hang fails the test instead of freezing the suite."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["stats"] = pipe.run()
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the pipeline hung"
+    return box
+
+
+def test_a_failing_stage_never_hangs_and_keeps_the_frames(tmp_path):
+    ir = write_video(tmp_path / "ir.mp4", 30)
+    vis = write_video(tmp_path / "vis.mp4", 30)
+    out = tmp_path / "f.mp4"
+    pipe = VideoPipeline(PairReader(FrameSource(ir, "ir"), FrameSource(vis, "vis")),
+                         _FailingBackend(FusionNet(TINY)), out, progress=False, queue_size=2)
+    box = _run_with_deadline(pipe)
+    assert isinstance(box.get("error"), RuntimeError) and "exploded" in str(box["error"])
+    assert not out.exists()  # the final name only ever holds a finished run
+    salvaged = tmp_path / "f.incomplete.mp4"
+    assert pipe.stats.salvaged == str(salvaged) and count_frames(salvaged) == 2
+    assert not list(tmp_path.glob(".f*"))  # no temp file left
+
+    # a frame that cannot be decoded (decode stage): same outcome, the reader's error
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(frames / f"{i}.png"), _scene(i, 64, 48))
+    (frames / "3.png").write_bytes(b"not a png")
+    out2 = tmp_path / "g.mp4"
+    pipe = VideoPipeline(PairReader(FrameSource(frames, "ir"), FrameSource(vis, "vis")),
+                         TorchBackend(FusionNet(TINY)), out2, progress=False)
+    box = _run_with_deadline(pipe)
+    assert isinstance(box.get("error"), UserError) and "3.png" in str(box["error"])
+    assert not out2.exists()
+
+
+def test_sources_read_folders_in_natural_order_and_files_at_their_own_rate(tmp_path):
+    frames = tmp_path / "0001"  # a folder named with digits is a folder, not camera 1
+    frames.mkdir()
+    for i in (1, 2, 9, 10, 11):
+        cv2.imwrite(str(frames / f"frame_{i}.png"), np.full((8, 8), i, np.uint8))
+    src = FrameSource(str(frames), "ir", fps=9)
+    assert not src.live and src.fps == 9
+    got = [int(src.read()[0][0, 0]) for _ in range(5)]
+    assert got == [1, 2, 9, 10, 11]
+    vis = write_video(tmp_path / "vis.mp4", 3, fps=30.0)
+    assert FrameSource(vis, "vis", fps=9).fps == pytest.approx(30.0)  # --fps is the folder's
+
+
+class _FakeCamera:
+    """cv2.VideoCapture stand-in for a camera: frame k has value k (0 is grabbed at opening)."""
+
+    def __init__(self, index):
+        self.k = 0
+
+    def isOpened(self):  # noqa: N802 - OpenCV's name
+        return True
+
+    def get(self, prop):
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def read(self):
+        frame = np.full((6, 8, 3), self.k, np.uint8)
+        self.k += 1
+        return True, frame
+
+    def release(self):
+        pass
+
+
+def test_two_cameras_share_one_clock_and_skip_the_stale_first_frame(monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    ir = FrameSource(0, "ir")
+    time.sleep(0.05)  # the second camera opens later
+    vis = FrameSource(1, "vis")
+    assert ir.live and vis.live and ir._t0 != vis._t0
+    reader = PairReader(ir, vis)
+    assert ir._t0 == vis._t0 and not reader.stats.warnings
+    got_ir, got_vis, _ = reader.read()
+    assert got_vis[0, 0, 0] == 1 and got_ir[0, 0, 0] >= 1  # not the frame grabbed at opening
+
+
+def test_a_camera_with_a_file_is_said_to_be_unsynchronised(monkeypatch, tmp_path):
+    vis = FrameSource(write_video(tmp_path / "vis.mp4", 3), "vis")
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    reader = PairReader(FrameSource(0, "ir"), vis)
+    assert any("not synchronised" in w for w in reader.stats.warnings)
+
+
+def test_a_live_source_never_waits_for_a_full_queue(tmp_path):
+    import queue
+
+    vis = write_video(tmp_path / "vis.mp4", 2)
+    pipe = VideoPipeline(PairReader(FrameSource(vis, "ir"), FrameSource(vis, "vis")),
+                         TorchBackend(FusionNet(TINY)), tmp_path / "o.mp4", progress=False)
+    class _Recording(queue.Queue):
+        blocking_puts = 0
+
+        def put(self, item, block=True, timeout=None):
+            self.blocking_puts += bool(block)
+            super().put(item, block, timeout)
+
+    q = _Recording(maxsize=2)
+    for item in ("a", "b"):
+        q.put_nowait(item)
+    assert pipe._put(q, "c", live=True)
+    assert q.blocking_puts == 0  # the camera's reader never waited on the queue
+    assert [q.get_nowait(), q.get_nowait()] == ["b", "c"]  # the oldest frame went
+    assert pipe.stats.live_dropped == pipe.stats.dropped == 1
+    assert "(1 while busy)" in pipe.stats.summary()
+    pipe.reader.release()
+
+
 def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt, sigint_default):
     # sigint_default: a child started from a background pytest would inherit SIGINT ignored
     # and never see the signal; a handled SIGINT is reset to the default at exec
@@ -189,9 +322,26 @@ def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt, sigint_default):
     assert count_frames(out) >= 1
 
 
+def test_sigterm_keeps_a_playable_file(tmp_path, ckpt):
+    # docker stop / systemctl stop send SIGTERM: the same clean stop as Ctrl-C
+    ir = write_video(tmp_path / "ir.mp4", 4000, 32, 24)
+    vis = write_video(tmp_path / "vis.mp4", 4000, 32, 24)
+    out = tmp_path / "term.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "refusion.cli.video", "--ir", str(ir), "--vis", str(vis), "-o",
+         str(out), "--weights", str(ckpt), "--backend", "torch", "--device", "cpu", "-q"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert "refusion-video:" in proc.stderr.readline()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert 1 <= count_frames(out) < 4000 and not list(tmp_path.glob(".term*"))
+
+
 @pytest.mark.parametrize("case", ["missing", "unreadable", "no-vis", "bad-homography",
                                   "not-mp4", "odd-sbs", "unwritable", "task", "preview-avi",
-                                  "stats-unwritable"])
+                                  "stats-unwritable", "fps"])
 def test_bad_inputs_give_one_line(case, clips, ckpt, tmp_path):
     ir, vis = clips
     args = ["--ir", str(ir), "--vis", str(vis), "-o", str(tmp_path / "o.mp4"),
@@ -211,6 +361,9 @@ def test_bad_inputs_give_one_line(case, clips, ckpt, tmp_path):
         needle = "h.json"
     elif case == "not-mp4":
         args[5], needle = str(tmp_path / "o.avi"), ".mp4"
+    elif case == "fps":
+        args += ["--fps", "nan"]
+        needle = "--fps must be a positive number, got nan"
     elif case == "preview-avi":
         args += ["--preview", str(tmp_path / "p.avi")]
         needle = "--preview"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--sbs", help="one side-by-side video instead of --ir/--vis")
     src.add_argument("--sbs-order", choices=("ir-vis", "vis-ir"), default="ir-vis",
                      help="which half of --sbs is which (default: infrared on the left)")
-    src.add_argument("--fps", type=float, help="frame rate of frame folders (default 30)")
+    src.add_argument("--fps", type=float,
+                     help="frame rate of frame folders, and of videos or cameras that report "
+                          "none (default 30); a video file's own rate wins")
     p.add_argument("-o", "--output", help="output .mp4")
     p.add_argument("--weights", default=os.environ.get("REFUSION_WEIGHTS"),
                    help="shipped weights by name (`refusion weights` lists them), a checkpoint, "
@@ -117,7 +121,22 @@ def _estimate(args: argparse.Namespace, reader: PairReader) -> int:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (docker stop, systemctl stop) takes Ctrl-C's path: the MP4 is finalised and kept
+    old = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
     backend_name, options = backend_choice(args)  # before any camera or file is opened
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise UserError(f"--fps must be a positive number, got {args.fps}")
     reader = _reader(args)
     for w in reader.stats.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
@@ -143,25 +162,32 @@ def main(argv: list[str] | None = None) -> int:
     except UserError:
         reader.release()
         raise
-    h = load_homography(args.homography) if args.homography else None
-    backend = create_backend(backend_name, weights, device=args.device, **options,
-                             spin=False)  # idle ORT threads must not starve decode/encode
+    try:  # the inputs (cameras included) are released whatever fails before the pipeline runs
+        h = load_homography(args.homography) if args.homography else None
+        backend = create_backend(backend_name, weights, device=args.device, **options,
+                                 spin=False)  # idle ORT threads must not starve decode/encode
+        pipe = VideoPipeline(
+            reader, backend, out, aligner=Aligner(reader.vis_size, h),
+            preprocessor=FramePreprocessor(args.normalize, args.gray), preview=args.preview,
+            max_frames=args.max_frames, batch_size=args.batch_size, queue_size=args.queue,
+            progress=not args.quiet,
+        )
+    except BaseException:
+        reader.release()
+        raise
     src = (args.sbs,) if args.sbs else (args.ir, args.vis)
     print(f"{PROG}: {' + '.join(map(str, src))} -> {out} "
           f"({backend.name}{mode_label(options)} on {backend.device}, "
           f"weights {weights_label(args.weights, weights)}, "
           f"{reader.vis_size[0]}x{reader.vis_size[1]} at {reader.fps:g} fps)", file=sys.stderr)
-    pipe = VideoPipeline(
-        reader, backend, out, aligner=Aligner(reader.vis_size, h),
-        preprocessor=FramePreprocessor(args.normalize, args.gray), preview=args.preview,
-        max_frames=args.max_frames, batch_size=args.batch_size, queue_size=args.queue,
-        progress=not args.quiet,
-    )
     try:
         stats = pipe.run()
     finally:
         s = pipe.stats
-        if s.frames:
+        if s.salvaged:
+            print(f"{PROG}: failed after {s.frames} frames; they are kept in {s.salvaged}",
+                  file=sys.stderr)
+        elif s.frames:
             print(f"{PROG}: {'kept' if s.interrupted else 'wrote'} {out}: {s.summary()}",
                   file=sys.stderr)
         if args.stats_json:
