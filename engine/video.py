@@ -311,6 +311,19 @@ def save_homography(path: str | os.PathLike, h: np.ndarray, **info: object) -> P
     return p
 
 
+def stretch_warning(ir_size: tuple[int, int], vis_size: tuple[int, int],
+                    tolerance: float = 0.02) -> str | None:
+    """A warning when resizing ``(W, H)`` infrared frames to the visible size would stretch
+    them (aspect ratios more than ``tolerance`` apart), else None."""
+    ratio = (ir_size[0] / ir_size[1]) / (vis_size[0] / vis_size[1])
+    if abs(ratio - 1) <= tolerance:
+        return None
+    return (f"the infrared frames ({ir_size[0]}x{ir_size[1]}) and the visible ones "
+            f"({vis_size[0]}x{vis_size[1]}) differ in aspect ratio: without --homography the "
+            f"infrared frame is stretched {max(ratio, 1 / ratio):.2f}x along one axis "
+            "(--estimate-homography H.json measures the alignment)")
+
+
 class Aligner:
     """Bring an infrared frame onto the visible frame's pixel grid.
 

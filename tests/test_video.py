@@ -302,6 +302,25 @@ def test_a_live_source_never_waits_for_a_full_queue(tmp_path):
     pipe.reader.release()
 
 
+def test_a_stretched_infrared_frame_is_warned_about(tmp_path, ckpt, capsys):
+    from refusion.engine.video import stretch_warning
+
+    assert stretch_warning((640, 512), (1280, 1024)) is None  # same 5:4, only scaled
+    assert stretch_warning((640, 512), (1920, 1080)).startswith(
+        "the infrared frames (640x512) and the visible ones (1920x1080) differ in aspect ratio")
+    assert "stretched 1.42x" in stretch_warning((640, 512), (1920, 1080))
+    ir = write_video(tmp_path / "ir.mp4", 2, 40, 40)  # square infrared beside 64x48 visible
+    vis = write_video(tmp_path / "vis.mp4", 2)
+    args = ["--ir", str(ir), "--vis", str(vis), "--weights", str(ckpt), "--backend", "torch",
+            "-q"]
+    assert main([*args, "-o", str(tmp_path / "a.mp4")]) == 0
+    assert "warning: the infrared frames (40x40)" in capsys.readouterr().err
+    h = tmp_path / "h.json"
+    save_homography(h, np.eye(3))
+    assert main([*args, "-o", str(tmp_path / "b.mp4"), "--homography", str(h)]) == 0
+    assert "aspect ratio" not in capsys.readouterr().err  # the homography aligns it
+
+
 def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt, sigint_default):
     # sigint_default: a child started from a background pytest would inherit SIGINT ignored
     # and never see the signal; a handled SIGINT is reset to the default at exec

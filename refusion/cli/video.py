@@ -33,6 +33,7 @@ from refusion.engine.video import (
     estimate_homography,
     load_homography,
     save_homography,
+    stretch_warning,
 )
 from refusion.errors import UserError
 from refusion.utils.atomic import atomic_write_text, ensure_writable
@@ -138,6 +139,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise UserError(f"--fps must be a positive number, got {args.fps}")
     reader = _reader(args)
+    stretched = None if args.homography else stretch_warning(reader.ir_size, reader.vis_size)
+    if stretched:
+        reader.stats.warnings.append(stretched)
     for w in reader.stats.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     if args.estimate_homography:
