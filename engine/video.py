@@ -52,6 +52,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+#: FFmpeg's pixel formats of 16-bit grey video, as OpenCV reports them (little/big endian)
+_GRAY16 = {b"Y1\x00\x10", b"\x10\x001Y"}
+
+
+def _is_gray16(cap: cv2.VideoCapture) -> bool:
+    code = int(cap.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT) or 0)
+    return code.to_bytes(4, "little") in _GRAY16
+
+
 def natural_key(path: Path) -> list:
     """Sort key that puts ``frame_2`` before ``frame_10`` (digit runs compare as numbers)."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
@@ -96,6 +105,15 @@ class FrameSource:
                     self._cap = cv2.VideoCapture(str(p))
                 if not self._cap.isOpened():
                     raise UserError(f"--{name} {p}: cannot open as a video")
+                if _is_gray16(self._cap):
+                    # OpenCV converts to 8-bit BGR by default, keeping the high byte only: a
+                    # 16-bit thermal video must reach the robust-percentile mapping whole
+                    with _quiet_stderr():
+                        raw = cv2.VideoCapture(str(p), cv2.CAP_FFMPEG,
+                                               [cv2.CAP_PROP_CONVERT_RGB, 0])
+                    if raw.isOpened():
+                        self._cap.release()
+                        self._cap = raw
         self._first: np.ndarray | None = None
         if self._cap is not None:
             cap_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)

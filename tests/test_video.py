@@ -321,6 +321,25 @@ def test_a_stretched_infrared_frame_is_warned_about(tmp_path, ckpt, capsys):
     assert "aspect ratio" not in capsys.readouterr().err  # the homography aligns it
 
 
+def test_a_16bit_thermal_video_file_is_read_whole(tmp_path, ckpt):
+    path = str(tmp_path / "ir16.mkv")
+    vw = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), 10, (64, 48),
+                         [cv2.VIDEOWRITER_PROP_DEPTH, cv2.CV_16U,
+                          cv2.VIDEOWRITER_PROP_IS_COLOR, 0])
+    if not vw.isOpened():
+        pytest.skip("this OpenCV build writes no 16-bit FFV1 video")
+    for i in range(3):
+        vw.write(7000 + 40 * _scene(i, 64, 48)[..., 1].astype(np.uint16) // 10 + i)
+    vw.release()
+    frame, _ = FrameSource(path, "ir").read()
+    # OpenCV's default conversion would give 8-bit BGR holding the high byte (27..31 here)
+    assert frame.dtype == np.uint16 and frame.ndim == 2 and frame.min() >= 7000
+    out = tmp_path / "o.mp4"
+    assert main(["--ir", path, "--vis", str(write_video(tmp_path / "vis.mp4", 3)), "-o",
+                 str(out), "--weights", str(ckpt), "--backend", "torch", "-q"]) == 0
+    assert count_frames(out) == 3
+
+
 def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt, sigint_default):
     # sigint_default: a child started from a background pytest would inherit SIGINT ignored
     # and never see the signal; a handled SIGINT is reset to the default at exec
