@@ -222,7 +222,13 @@ class VideoPipeline:
                         break
                     items.append(nxt)
                 t0 = time.perf_counter()
-                fused = self.backend.infer(stack_inputs([it[2] for it in items]))
+                batch = stack_inputs([it[2] for it in items])
+                if self.backend.compiles_per_shape and len(items) < self.batch_size:
+                    # a short batch would compile (or capture a CUDA graph) mid-stream: pad it
+                    # to the warmed-up size with copies of its last frame and drop those
+                    extra = np.repeat(batch[-1:], self.batch_size - len(items), axis=0)
+                    batch = np.concatenate([batch, extra])
+                fused = self.backend.infer(batch)[: len(items)]
                 self.stats.infer_s += time.perf_counter() - t0
                 for it, f in zip(items, fused):
                     if not self._put(self.q_out, (*it, f[0])):

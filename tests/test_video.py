@@ -340,6 +340,28 @@ def test_a_16bit_thermal_video_file_is_read_whole(tmp_path, ckpt):
     assert count_frames(out) == 3
 
 
+class _ShapeRecorder(TorchBackend):
+    """Records the batch shapes it runs, and says it compiles per shape (as --compile does)."""
+
+    compiles_per_shape = True
+
+    def _infer(self, batch):
+        self.shapes = [*getattr(self, "shapes", []), batch.shape]
+        return super()._infer(batch)
+
+
+def test_a_compiled_backend_only_ever_sees_the_warmed_up_batch(tmp_path):
+    ir = write_video(tmp_path / "ir.mp4", 7)
+    vis = write_video(tmp_path / "vis.mp4", 7)
+    out = tmp_path / "b.mp4"
+    be = _ShapeRecorder(FusionNet(TINY))
+    pipe = VideoPipeline(PairReader(FrameSource(ir, "ir"), FrameSource(vis, "vis")), be, out,
+                         progress=False, batch_size=4)
+    pipe.run()
+    assert set(be.shapes) == {(4, 2, 48, 64)}  # warm-up and every batch, the last one padded
+    assert count_frames(out) == 7 and pipe.stats.frames == 7
+
+
 def test_ctrl_c_subprocess_exit_130(tmp_path, ckpt, sigint_default):
     # sigint_default: a child started from a background pytest would inherit SIGINT ignored
     # and never see the signal; a handled SIGINT is reset to the default at exec
