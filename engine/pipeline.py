@@ -82,10 +82,17 @@ class _Writer:
         self.path, self.fps = path, fps
         self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix or '.mp4'}")
         self._vw: cv2.VideoWriter | None = None
+        self.padded = False
 
     def write(self, frame: np.ndarray) -> None:
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        h, w = frame.shape[:2]
+        if h % 2 or w % 2:
+            # the encoder drops an odd last row or column; repeat it instead, so that no
+            # fused pixel is lost (the file is then one pixel larger there)
+            frame = cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+            self.padded = True
         if self._vw is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
@@ -334,6 +341,10 @@ class VideoPipeline:
             self.stats.read = self.reader.stats.pairs
             self.stats.dropped += self.reader.stats.dropped
             self.stats.ended = self.reader.stats.ended
+            if self.writer.padded:
+                self.stats.warnings.append(
+                    f"{self.writer.path}: odd frame size, padded by one pixel to an even size "
+                    "(video encoders need even sizes)")
             if not encoding:  # never release a writer the encoder may still be writing to
                 for w in (self.writer, self.preview):
                     if w is not None:

@@ -188,6 +188,8 @@ def _run(args: argparse.Namespace) -> int:
         stats = pipe.run()
     finally:
         s = pipe.stats
+        for w in s.warnings[len(reader.stats.warnings):]:  # those the run itself found
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
         if s.salvaged:
             print(f"{PROG}: failed after {s.frames} frames; they are kept in {s.salvaged}",
                   file=sys.stderr)
