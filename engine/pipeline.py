@@ -257,7 +257,10 @@ class VideoPipeline:
                 out = self.pre.post(fused, pair)
                 self.writer.write(out)
                 if self.preview is not None:
-                    self.preview.write(panel(ir, vis, out))
+                    # a 16-bit infrared tile shows the smoothed mapping the network saw, not
+                    # per-frame percentiles (which would flicker where the output does not)
+                    tile = pair.a * 255.0 if ir.dtype == np.uint16 else ir
+                    self.preview.write(panel(tile, vis, out))
                 self.stats.encode_s += time.perf_counter() - t0
                 self.stats.frames += 1
         except BaseException as exc:  # noqa: BLE001

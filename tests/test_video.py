@@ -140,9 +140,11 @@ def test_side_by_side_and_frame_folder_16bit(tmp_path, ckpt):
                     (20000 + 40 * _scene(i, 32, 24)[..., 1].astype(np.uint16)))
     vis = write_video(tmp_path / "vis.mp4", 3)
     out2 = tmp_path / "t16.mp4"
+    prev = tmp_path / "t16_tiles.mp4"
     assert main(["--ir", str(frames), "--vis", str(vis), "--fps", "10", "-o", str(out2),
-                 "--weights", str(ckpt), "--backend", "torch", "-q", "--gray"]) == 0
-    assert count_frames(out2) == 3
+                 "--weights", str(ckpt), "--backend", "torch", "-q", "--gray",
+                 "--preview", str(prev)]) == 0
+    assert count_frames(out2) == 3 and count_frames(prev) == 3
 
 
 class _InterruptingBackend(TorchBackend):
