@@ -9,9 +9,10 @@ Output: written to a hidden temp file next to ``output`` and renamed onto it at 
 crash never leaves a half file under the final name. Ctrl-C stops reading, lets the frames in
 flight finish (a second Ctrl-C skips them), releases the writer (the MP4 is then complete and
 playable) and renames it, then re-raises ``KeyboardInterrupt``. When a stage fails (a backend
-error, an unreadable frame), the frames already encoded are kept, playable, as
-``<name>.incomplete.mp4`` beside ``output`` (:attr:`PipelineStats.salvaged`), and the error is
-raised; a stage that fails never leaves the others waiting on a queue.
+error, an unreadable frame), reading stops, the frames already read (decode failure) or fused
+(inference failure) are still encoded and kept, playable, as ``<name>.incomplete.mp4`` beside
+``output`` (:attr:`PipelineStats.salvaged`), and the error is raised; a stage that fails never
+leaves the others waiting on a queue.
 """
 
 from __future__ import annotations
@@ -205,14 +206,15 @@ class VideoPipeline:
                 if not self._put(self.q_in, (ir, vis, pair), live=self.reader.live):
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            # no abort: the frames already read still go through, as on Ctrl-C, and end up
+            # in the kept .incomplete file; the end marker below stops the other stages
             self._errors.append(exc)
-            self.abort.set()
         finally:
             self._put(self.q_in, _END)
 
     def _infer(self) -> None:
+        pending: Any = None  # a frame of another size (or the end), held for the next batch
         try:
-            pending: Any = None  # a frame of another size, held back for the next batch
             while not self.abort.is_set():
                 item = pending if pending is not None else self._get(self.q_in)
                 pending = None
@@ -241,8 +243,13 @@ class VideoPipeline:
                     if not self._put(self.q_out, (*it, f[0])):
                         return
         except BaseException as exc:  # noqa: BLE001
+            # no abort: the frames already fused are still encoded (and kept); reading stops,
+            # and what the decoder still sends is discarded so that it never blocks
             self._errors.append(exc)
-            self.abort.set()
+            self.stop_reading.set()
+            if pending is not _END:
+                while not self.abort.is_set() and self._get(self.q_in) is not _END:
+                    pass
         finally:
             self._put(self.q_out, _END)
 

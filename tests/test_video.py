@@ -227,6 +227,24 @@ def test_a_failing_stage_never_hangs_and_keeps_the_frames(tmp_path):
     assert not out2.exists()
 
 
+def test_the_command_says_where_a_failed_run_left_its_frames(tmp_path, ckpt, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(frames / f"{i}.png"), _scene(i, 64, 48))
+    (frames / "5.png").write_bytes(b"not a png")
+    out = tmp_path / "o.mp4"
+    with pytest.raises(SystemExit) as exc:
+        main(["--ir", str(frames), "--vis", str(frames), "-o", str(out), "--weights",
+              str(ckpt), "--backend", "torch", "-q"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "cannot decode image" in err and "5.png" in err
+    kept = tmp_path / "o.incomplete.mp4"
+    # pairing looks one infrared frame ahead, so the pair before 5.png fails too: 4 frames
+    assert f"failed after 4 frames; they are kept in {kept}" in err and "wrote" not in err
+    assert count_frames(kept) == 4 and not out.exists()
+
+
 def test_sources_read_folders_in_natural_order_and_files_at_their_own_rate(tmp_path):
     frames = tmp_path / "0001"  # a folder named with digits is a folder, not camera 1
     frames.mkdir()
