@@ -71,7 +71,7 @@ class PipelineStats:
         return (f"{self.frames} frames in {self.wall_s:.2f} s ({self.fps:.2f} fps), "
                 f"{self.dropped} dropped"
                 + (f" ({self.live_dropped} while busy)" if self.live_dropped else "")
-                + "; per frame: decode {per(self.decode_s)}, "
+                + f"; per frame: decode {per(self.decode_s)}, "
                 f"infer {per(self.infer_s)}, encode {per(self.encode_s)}"
                 + (" [interrupted]" if self.interrupted else ""))
 
