@@ -139,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise UserError(f"--fps must be a positive number, got {args.fps}")
     reader = _reader(args)
-    stretched = None if args.homography else stretch_warning(reader.ir_size, reader.vis_size)
+    aligned = args.homography or args.estimate_homography  # given, or being measured now
+    stretched = None if aligned else stretch_warning(reader.ir_size, reader.vis_size)
     if stretched:
         reader.stats.warnings.append(stretched)
     for w in reader.stats.warnings:
