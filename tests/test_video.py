@@ -200,6 +200,15 @@ def _run_with_deadline(pipe, seconds=60.0):
     return box
 
 
+def _frames_with_a_broken_one(folder: Path, n: int, broken: int) -> Path:
+    """A folder of ``n`` frames ``0.png``... whose frame ``broken`` cannot be decoded."""
+    folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), _scene(i, 64, 48))
+    (folder / f"{broken}.png").write_bytes(b"not a png")
+    return folder
+
+
 def test_a_failing_stage_never_hangs_and_keeps_the_frames(tmp_path):
     ir = write_video(tmp_path / "ir.mp4", 30)
     vis = write_video(tmp_path / "vis.mp4", 30)
@@ -214,11 +223,7 @@ def test_a_failing_stage_never_hangs_and_keeps_the_frames(tmp_path):
     assert not list(tmp_path.glob(".f*"))  # no temp file left
 
     # a frame that cannot be decoded (decode stage): same outcome, the reader's error
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(6):
-        cv2.imwrite(str(frames / f"{i}.png"), _scene(i, 64, 48))
-    (frames / "3.png").write_bytes(b"not a png")
+    frames = _frames_with_a_broken_one(tmp_path / "frames", 6, broken=3)
     out2 = tmp_path / "g.mp4"
     pipe = VideoPipeline(PairReader(FrameSource(frames, "ir"), FrameSource(vis, "vis")),
                          TorchBackend(FusionNet(TINY)), out2, progress=False)
@@ -228,11 +233,7 @@ def test_a_failing_stage_never_hangs_and_keeps_the_frames(tmp_path):
 
 
 def test_the_command_says_where_a_failed_run_left_its_frames(tmp_path, ckpt, capsys):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(8):
-        cv2.imwrite(str(frames / f"{i}.png"), _scene(i, 64, 48))
-    (frames / "5.png").write_bytes(b"not a png")
+    frames = _frames_with_a_broken_one(tmp_path / "frames", 8, broken=5)
     out = tmp_path / "o.mp4"
     with pytest.raises(SystemExit) as exc:
         main(["--ir", str(frames), "--vis", str(frames), "-o", str(out), "--weights",
