@@ -20,8 +20,9 @@ import contextlib
 import json
 import os
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,54 @@ def _is_gray16(cap: cv2.VideoCapture) -> bool:
 def natural_key(path: Path) -> list:
     """Sort key that puts ``frame_2`` before ``frame_10`` (digit runs compare as numbers)."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+class _Grabber:
+    """A camera read on its own thread: each frame is stamped on arrival and only the newest
+    is kept. A consumer slower than the camera never reads a stale buffered frame, and a
+    camera slower than the other one never holds the other one's frames back."""
+
+    def __init__(self, cap: cv2.VideoCapture, clock: Callable[[], float]) -> None:
+        self._cap, self._clock = cap, clock
+        self._cond = threading.Condition()
+        self._latest: tuple[np.ndarray, float, int] | None = None  # frame, t, number
+        self._ended = self._stopping = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="refusion-grab")
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stopping:
+            ok, frame = self._cap.read()
+            with self._cond:
+                if not ok or frame is None:
+                    break
+                n += 1
+                self._latest = (frame, self._clock(), n)
+                self._cond.notify_all()
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def newer_than(self, n: int) -> tuple[np.ndarray, float, int] | None:
+        """The newest frame numbered above ``n``, waiting for one; None once the camera ended."""
+        with self._cond:
+            while not self._ended and (self._latest is None or self._latest[2] <= n):
+                self._cond.wait(0.1)
+            if self._latest is not None and self._latest[2] > n:
+                return self._latest
+            return None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the camera stopped giving frames."""
+        return self._ended
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop grabbing; whether the thread ended (a camera read can block for longer)."""
+        self._stopping = True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 class FrameSource:
@@ -131,11 +180,40 @@ class FrameSource:
             self._first = read_image(self._files[0])
         self.size = (self._first.shape[1], self._first.shape[0])
         self._t0 = time.monotonic()
+        self._grabber: _Grabber | None = None
+        self._seq = 0  # the grabber's number of the last frame returned
+        self.skipped = 0  # camera frames that were replaced by a newer one before being read
+
+    def _grab(self) -> _Grabber:
+        if self._grabber is None:  # started on first use, after PairReader set the clock
+            assert self._cap is not None
+            self._grabber = _Grabber(self._cap, lambda: time.monotonic() - self._t0)
+        return self._grabber
+
+    def latest(self) -> tuple[np.ndarray, float] | None:
+        """A camera's newest frame, returned again until a newer one arrives (``None`` once the
+        camera stops): what an infrared camera slower than the visible one pairs with."""
+        assert self.live, "latest() is for cameras"
+        grabber = self._grab()
+        got = grabber.newer_than(0)
+        return None if got is None or grabber.ended else (got[0], got[1])
 
     def read(self) -> tuple[np.ndarray, float] | None:
-        """Next ``(frame, timestamp in seconds)``, or ``None`` at the end."""
-        if self._first is not None and self.live:
-            self._first = None  # grabbed at opening, possibly seconds ago: read a fresh one
+        """Next ``(frame, timestamp in seconds)``, or ``None`` at the end.
+
+        A camera gives its newest frame not yet returned, stamped on arrival; frames that a
+        newer one replaced before this call are counted in :attr:`skipped`.
+        """
+        if self.live:
+            self._first = None  # grabbed at opening, possibly seconds ago
+            got = self._grab().newer_than(self._seq)
+            if got is None:
+                return None
+            frame, t, seq = got
+            self.skipped += seq - self._seq - 1
+            self._seq = seq
+            self.index += 1
+            return frame, t
         if self._first is not None:
             frame, self._first = self._first, None
         elif self._cap is not None:
@@ -151,6 +229,8 @@ class FrameSource:
         return frame, t
 
     def release(self) -> None:
+        if self._grabber is not None and not self._grabber.stop():
+            self._cap = None  # still inside a read: releasing under it could crash OpenCV
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -252,7 +332,14 @@ class PairReader:
             self.stats.ended = f"end of vis {self.vis.spec}"
             return None
         vis, t = got
-        ir = self._nearest_ir(t)
+        if self.vis.live:
+            self.stats.dropped += self.vis.skipped  # frames a newer one replaced meanwhile
+            self.vis.skipped = 0
+        if self.ir.live:  # the newest infrared frame: no lookahead, so never waiting on it
+            newest = self.ir.latest()
+            ir = None if newest is None else newest[0]
+        else:
+            ir = self._nearest_ir(t)
         if ir is None:
             self.stats.ended = f"end of ir {self.ir.spec}"
             return None

@@ -260,10 +260,12 @@ def test_sources_read_folders_in_natural_order_and_files_at_their_own_rate(tmp_p
 
 
 class _FakeCamera:
-    """cv2.VideoCapture stand-in for a camera: frame k has value k (0 is grabbed at opening)."""
+    """cv2.VideoCapture stand-in for a camera: frame k has value k (0 is grabbed at opening),
+    one every ``period`` seconds; camera index 9 stalls after its first two frames (a thermal
+    core that hangs, or a much slower one)."""
 
-    def __init__(self, index):
-        self.k = 0
+    def __init__(self, index, period=0.005):
+        self.k, self.index, self.period = 0, index, period
 
     def isOpened(self):  # noqa: N802 - OpenCV's name
         return True
@@ -272,7 +274,10 @@ class _FakeCamera:
         return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
 
     def read(self):
-        frame = np.full((6, 8, 3), self.k, np.uint8)
+        if self.index == 9 and self.k >= 3:
+            time.sleep(3600)  # never returns within a test: the grabber is a daemon thread
+        time.sleep(self.period)
+        frame = np.full((6, 8, 3), self.k % 256, np.uint8)
         self.k += 1
         return True, frame
 
@@ -289,7 +294,31 @@ def test_two_cameras_share_one_clock_and_skip_the_stale_first_frame(monkeypatch)
     reader = PairReader(ir, vis)
     assert ir._t0 == vis._t0 and not reader.stats.warnings
     got_ir, got_vis, _ = reader.read()
-    assert got_vis[0, 0, 0] == 1 and got_ir[0, 0, 0] >= 1  # not the frame grabbed at opening
+    assert got_vis[0, 0, 0] >= 1 and got_ir[0, 0, 0] >= 1  # not the frames grabbed at opening
+    reader.release()
+
+
+def test_a_stalled_infrared_camera_does_not_hold_the_visible_one_back(monkeypatch):
+    # pairing with a camera takes its newest frame (no lookahead): camera 9 stops after two
+    # frames and the visible frames keep coming, each with that last infrared frame
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    reader = PairReader(FrameSource(9, "ir"), FrameSource(1, "vis"))
+    box: dict = {}
+
+    def read_pairs():
+        box["pairs"] = [reader.read() for _ in range(6)]
+
+    import threading
+
+    t = threading.Thread(target=read_pairs, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "pairing waited for the stalled camera"
+    irs = [int(p[0][0, 0, 0]) for p in box["pairs"]]
+    vis = [int(p[1][0, 0, 0]) for p in box["pairs"]]
+    assert set(irs) <= {1, 2} and irs == sorted(irs)  # only frames 1 and 2 came after opening
+    assert vis == sorted(set(vis)) and vis[0] >= 1  # new visible frames, in order
+    reader.vis.release()
 
 
 def test_a_camera_with_a_file_is_said_to_be_unsynchronised(monkeypatch, tmp_path):
