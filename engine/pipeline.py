@@ -188,11 +188,20 @@ class VideoPipeline:
                 pass
         return False
 
+    def _enough(self, n: int) -> bool:
+        """Whether ``max_frames`` output frames are read: a file's pairs all reach the output,
+        a camera's may be dropped when the pipeline is busy, so for a camera what counts is
+        what was written plus what is on its way (the encoder drops any surplus)."""
+        assert self.max_frames is not None
+        if not self.reader.live:
+            return n >= self.max_frames
+        return self.stats.frames + self.q_in.qsize() + self.q_out.qsize() >= self.max_frames
+
     def _decode(self) -> None:
         try:
             n = 0
             while not self.stop_reading.is_set():
-                if self.max_frames is not None and n >= self.max_frames:
+                if self.max_frames is not None and self._enough(n):
                     break
                 t0 = time.perf_counter()
                 got = self.reader.read()
@@ -259,6 +268,8 @@ class VideoPipeline:
                 item = self._get(self.q_out)
                 if item is _END or self.abort.is_set():
                     break
+                if self.max_frames is not None and self.stats.frames >= self.max_frames:
+                    continue  # a camera's surplus in flight: consumed, so no stage blocks
                 ir, vis, pair, fused = item
                 t0 = time.perf_counter()
                 out = self.pre.post(fused, pair)

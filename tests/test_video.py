@@ -298,6 +298,27 @@ def test_two_cameras_share_one_clock_and_skip_the_stale_first_frame(monkeypatch)
     reader.release()
 
 
+class _SlowBackend(TorchBackend):
+    """Slower than the fake cameras, so that live frames are dropped while it works."""
+
+    def _infer(self, batch):
+        time.sleep(0.03)
+        return super()._infer(batch)
+
+
+def test_max_frames_counts_frames_written_from_cameras(monkeypatch, tmp_path):
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    reader = PairReader(FrameSource(0, "ir"), FrameSource(1, "vis"))
+    out = tmp_path / "live.mp4"
+    pipe = VideoPipeline(reader, _SlowBackend(FusionNet(TINY)), out, progress=False,
+                         max_frames=8, queue_size=1)
+    box = _run_with_deadline(pipe)
+    assert "error" not in box, box.get("error")
+    monkeypatch.undo()  # count_frames needs the real cv2.VideoCapture
+    assert pipe.stats.frames == 8 and count_frames(out) == 8  # not 8 read, fewer written
+    assert pipe.stats.dropped > 0  # the cameras did outpace the network
+
+
 def test_a_stalled_infrared_camera_does_not_hold_the_visible_one_back(monkeypatch):
     # pairing with a camera takes its newest frame (no lookahead): camera 9 stops after two
     # frames and the visible frames keep coming, each with that last infrared frame
