@@ -224,7 +224,7 @@ class FrameSource:
             if self.index >= len(self._files):
                 return None
             frame = read_image(self._files[self.index])
-        t = time.monotonic() - self._t0 if self.live else self.index / self.fps
+        t = self.index / self.fps  # a camera returned above, stamped on arrival
         self.index += 1
         return frame, t
 
