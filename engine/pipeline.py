@@ -3,7 +3,8 @@
 Three threads overlap reading and colour conversion, the network, and composing and encoding,
 so end-to-end throughput approaches the network's own. Queues are bounded (memory stays flat
 and a slow stage pushes back on the reader); a live camera never waits: when the queue is
-full its oldest frame is dropped and counted.
+full its oldest frame is dropped and counted. A camera run is re-timed onto the output's
+constant frame rate (:mod:`refusion.engine.retime`), so the file plays in real time.
 
 Output: written to a hidden temp file next to ``output`` and renamed onto it at the end, so a
 crash never leaves a half file under the final name. Ctrl-C stops reading, lets the frames in
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 from refusion.engine.base import Backend
 from refusion.engine.preprocess import FramePreprocessor, stack_inputs
+from refusion.engine.retime import ConstantRate
 from refusion.engine.video import Aligner, PairReader
 
 from refusion.errors import UserError
@@ -44,10 +46,13 @@ ABORT_GRACE_S = 5.0
 class PipelineStats:
     """Counts and time per stage (seconds, summed over frames)."""
 
-    frames: int = 0  # frames written
+    frames: int = 0  # fused frames written (a frame repeated by re-timing counts once)
     read: int = 0  # pairs read
     dropped: int = 0  # infrared frames skipped by pairing + live frames dropped when busy
     live_dropped: int = 0  # of which: camera frames dropped because the pipeline was busy
+    retimed: bool = False  # held on the output's constant-rate timeline (a camera run)
+    repeated: int = 0  # output frames repeating the one before (re-timing a camera run)
+    merged: int = 0  # fused frames overtaken by a newer one in the same output slot
     decode_s: float = 0.0  # reading, pairing, alignment, colour conversion
     infer_s: float = 0.0
     encode_s: float = 0.0  # composing the output frame(s) and encoding
@@ -71,6 +76,8 @@ class PipelineStats:
         return (f"{self.frames} frames in {self.wall_s:.2f} s ({self.fps:.2f} fps), "
                 f"{self.dropped} dropped"
                 + (f" ({self.live_dropped} while busy)" if self.live_dropped else "")
+                + (f", {self.repeated} repeated and {self.merged} merged to play in real time"
+                   if self.repeated or self.merged else "")
                 + f"; per frame: decode {per(self.decode_s)}, "
                 f"infer {per(self.infer_s)}, encode {per(self.encode_s)}"
                 + (" [interrupted]" if self.interrupted else ""))
@@ -134,24 +141,32 @@ class VideoPipeline:
         batch_size: frames per inference call (latency grows with it).
         queue_size: capacity of each queue.
         progress: show a tqdm bar with the live frame rate.
+        retime: hold each frame on the output's constant-rate timeline from its timestamp
+            until the next frame's (:class:`refusion.engine.retime.ConstantRate`), so that a
+            camera run that dropped frames plays in real time; default: for cameras only (a
+            file's frames are evenly stamped already). False writes every fused frame once.
     """
 
     def __init__(self, reader: PairReader, backend: Backend, output: str | os.PathLike, *,
                  aligner: Aligner | None = None, preprocessor: FramePreprocessor | None = None,
                  preview: str | os.PathLike | None = None, max_frames: int | None = None,
-                 batch_size: int = 1, queue_size: int = 4, progress: bool = True) -> None:
+                 batch_size: int = 1, queue_size: int = 4, progress: bool = True,
+                 retime: bool | None = None) -> None:
         self.reader, self.backend = reader, backend
         self.aligner = aligner or Aligner(reader.vis_size)
         self.pre = preprocessor or FramePreprocessor()
         self.writer = _Writer(Path(output), reader.fps)
         self.preview = _Writer(Path(preview), reader.fps) if preview else None
         self.max_frames = max_frames
+        live = reader.live if retime is None else retime
+        self.retime = ConstantRate(reader.fps) if live else None
         self.batch_size = max(1, batch_size)
         self.q_in: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.q_out: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.stop_reading = threading.Event()
         self.abort = threading.Event()
-        self.stats = PipelineStats(warnings=list(reader.stats.warnings))
+        self.stats = PipelineStats(warnings=list(reader.stats.warnings),
+                                   retimed=self.retime is not None)
         self._errors: list[BaseException] = []
         self.progress = progress
 
@@ -190,12 +205,12 @@ class VideoPipeline:
 
     def _enough(self, n: int) -> bool:
         """Whether ``max_frames`` output frames are read: a file's pairs all reach the output,
-        a camera's may be dropped when the pipeline is busy, so for a camera what counts is
-        what was written plus what is on its way (the encoder drops any surplus)."""
+        a camera's may be dropped when the pipeline is busy or merged by re-timing, so for a
+        camera only what the encoder kept counts (it discards the surplus still in flight)."""
         assert self.max_frames is not None
         if not self.reader.live:
             return n >= self.max_frames
-        return self.stats.frames + self.q_in.qsize() + self.q_out.qsize() >= self.max_frames
+        return self.stats.frames >= self.max_frames
 
     def _decode(self) -> None:
         try:
@@ -207,12 +222,12 @@ class VideoPipeline:
                 got = self.reader.read()
                 if got is None:
                     break
-                ir, vis, _ = got
+                ir, vis, t = got
                 ir = self.aligner(ir)
                 pair = self.pre.pre(ir, vis)
                 self.stats.decode_s += time.perf_counter() - t0
                 n += 1
-                if not self._put(self.q_in, (ir, vis, pair), live=self.reader.live):
+                if not self._put(self.q_in, (ir, vis, pair, t), live=self.reader.live):
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             # no abort: the frames already read still go through, as on Ctrl-C, and end up
@@ -270,20 +285,37 @@ class VideoPipeline:
                     break
                 if self.max_frames is not None and self.stats.frames >= self.max_frames:
                     continue  # a camera's surplus in flight: consumed, so no stage blocks
-                ir, vis, pair, fused = item
+                ir, vis, pair, t, fused = item
                 t0 = time.perf_counter()
                 out = self.pre.post(fused, pair)
-                self.writer.write(out)
-                if self.preview is not None:
-                    # a 16-bit infrared tile shows the smoothed mapping the network saw, not
-                    # per-frame percentiles (which would flicker where the output does not)
-                    tile = pair.a * 255.0 if ir.dtype == np.uint16 else ir
-                    self.preview.write(panel(tile, vis, out))
+                # a 16-bit infrared tile shows the smoothed mapping the network saw, not
+                # per-frame percentiles (which would flicker where the output does not)
+                tile = None if self.preview is None else panel(
+                    pair.a * 255.0 if ir.dtype == np.uint16 else ir, vis, out)
+                if self.retime is None:
+                    self._write(out, tile, 1)
+                    self.stats.frames += 1
+                else:
+                    merged = self.retime.merged
+                    for (o, p), n in self.retime.push((out, tile), t):
+                        self._write(o, p, n)
+                    self.stats.frames += self.retime.merged == merged  # else one replaced
                 self.stats.encode_s += time.perf_counter() - t0
-                self.stats.frames += 1
+            if self.retime is not None:
+                for (o, p), n in self.retime.flush():
+                    self._write(o, p, n)
         except BaseException as exc:  # noqa: BLE001
             self._errors.append(exc)
             self.abort.set()
+        finally:
+            if self.retime is not None:
+                self.stats.repeated, self.stats.merged = self.retime.repeated, self.retime.merged
+
+    def _write(self, out: np.ndarray, tile: np.ndarray | None, repeats: int) -> None:
+        for _ in range(repeats):
+            self.writer.write(out)
+            if tile is not None:
+                self.preview.write(tile)  # type: ignore[union-attr]
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> PipelineStats:

@@ -315,8 +315,100 @@ def test_max_frames_counts_frames_written_from_cameras(monkeypatch, tmp_path):
     box = _run_with_deadline(pipe)
     assert "error" not in box, box.get("error")
     monkeypatch.undo()  # count_frames needs the real cv2.VideoCapture
-    assert pipe.stats.frames == 8 and count_frames(out) == 8  # not 8 read, fewer written
+    assert pipe.stats.frames == 8  # not 8 read, fewer written
+    # re-timed onto 30 fps: the 8 fused frames plus repeats where the network was slower
+    assert count_frames(out) == 8 + pipe.stats.repeated
     assert pipe.stats.dropped > 0  # the cameras did outpace the network
+
+
+class _VisibleBackend(TorchBackend):
+    """Returns the visible luma as the fused image, so that each output frame is known."""
+
+    def _infer(self, batch):
+        return batch[:, 1:2].copy()
+
+
+def _stamped_reader(tmp_path: Path, values: list[int], stamps: list[float]) -> PairReader:
+    """Frame folders at 10 fps whose pairs come out stamped ``stamps`` and marked live, as a
+    camera's (stamped on arrival) would; pair k is uniform grey ``values[k]``."""
+    for name in ("ir", "vis"):
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        for k, v in enumerate(values):
+            cv2.imwrite(str(d / f"{k}.png"), np.full((48, 64), v, np.uint8))
+    reader = PairReader(FrameSource(tmp_path / "ir", "ir", fps=10),
+                        FrameSource(tmp_path / "vis", "vis", fps=10))
+    read, it = reader.read, iter(stamps)
+
+    def stamped():
+        got = read()
+        return None if got is None else (got[0], got[1], next(it))
+
+    reader.read = stamped
+    reader.live = True
+    return reader
+
+
+def _grey_levels(path: Path) -> list[int]:
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        out.append(int(round(float(f.mean()))))
+    cap.release()
+    return out
+
+
+@pytest.mark.parametrize("retime", [None, False])
+def test_a_camera_run_is_retimed_to_play_in_real_time(tmp_path, retime):
+    # stamps at 10 fps: slots 0, 1, 4, 4, 5, 9: a gap of two slots after the second frame, the
+    # third overtaken in its slot by the fourth, a gap of three before the last
+    values = [20, 60, 100, 140, 180, 220]
+    reader = _stamped_reader(tmp_path, values, [0.0, 0.1, 0.42, 0.44, 0.5, 0.9])
+    out, preview = tmp_path / "live.mp4", tmp_path / "preview.mp4"
+    pipe = VideoPipeline(reader, _VisibleBackend(FusionNet(TINY)), out, preview=preview,
+                         progress=False, queue_size=8, retime=retime)
+    box = _run_with_deadline(pipe)
+    assert "error" not in box, box.get("error")
+    got = _grey_levels(out)
+    if retime is False:  # every fused frame once, at the nominal rate
+        assert [abs(g - v) <= 10 for g, v in zip(got, values)] == [True] * 6 and len(got) == 6
+        assert pipe.stats.repeated == pipe.stats.merged == 0
+        return
+    want = [20, 60, 60, 60, 140, 180, 180, 180, 180, 220]  # 1 s at 10 fps, as long as the run
+    assert len(got) == len(want) and all(abs(g - w) <= 10 for g, w in zip(got, want)), got
+    assert count_frames(preview) == len(want)  # the preview keeps the same timeline
+    s = pipe.stats
+    assert (s.frames, s.repeated, s.merged) == (5, 5, 1)
+    assert "5 repeated and 1 merged" in s.summary()
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-retime"]])
+def test_the_command_retimes_camera_runs_unless_told_not_to(monkeypatch, tmp_path, ckpt, flag):
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    out, stats = tmp_path / "live.mp4", tmp_path / "stats.json"
+    assert main(["--ir", "0", "--vis", "1", "-o", str(out), "--weights", str(ckpt), "-q",
+                 "--max-frames", "6", "--stats-json", str(stats), *flag]) == 0
+    monkeypatch.undo()
+    s = json.loads(stats.read_text())
+    assert s["frames"] == 6
+    # the fake cameras run at 200 fps and report 30: frames may share slots or leave gaps
+    assert count_frames(out) == 6 + s["repeated"]
+    assert s["retimed"] is not bool(flag)
+    if flag:
+        assert s["repeated"] == s["merged"] == 0
+
+
+def test_file_frames_are_not_retimed(tmp_path):
+    # a file's pairs are stamped by index already: the default leaves them one frame each
+    reader = _stamped_reader(tmp_path, [20, 60, 100], [0.0, 0.5, 0.6])
+    reader.live = False
+    out = tmp_path / "f.mp4"
+    pipe = VideoPipeline(reader, _VisibleBackend(FusionNet(TINY)), out, progress=False)
+    assert "error" not in _run_with_deadline(pipe)
+    assert count_frames(out) == 3 and pipe.retime is None
 
 
 def test_a_stalled_infrared_camera_does_not_hold_the_visible_one_back(monkeypatch):

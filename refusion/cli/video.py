@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default ivif)")
     add_backend_options(p, BACKENDS)
     p.add_argument("--max-frames", type=int, help="stop after N output frames")
+    p.add_argument("--no-retime", action="store_true",
+                   help="with cameras: write every fused frame once at the nominal rate (the "
+                   "file then plays faster than real time where frames were dropped); by "
+                   "default each frame is held until the next one's timestamp")
     p.add_argument("--batch-size", type=int, default=1, help="frames per inference (default 1)")
     p.add_argument("--queue", type=int, default=4, help="capacity of each queue (default 4)")
     p.add_argument("--normalize", choices=("fixed", "minmax"), default="fixed",
@@ -175,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
             reader, backend, out, aligner=Aligner(reader.vis_size, h),
             preprocessor=FramePreprocessor(args.normalize, args.gray), preview=args.preview,
             max_frames=args.max_frames, batch_size=args.batch_size, queue_size=args.queue,
-            progress=not args.quiet,
+            progress=not args.quiet, retime=False if args.no_retime else None,
         )
     except BaseException:
         reader.release()
