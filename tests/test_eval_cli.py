@@ -51,6 +51,8 @@ def test_python_api_pairs_and_values(folders):
 
 
 def test_markdown_bolds_best_per_column(folders):
+    rng = np.random.default_rng(1)  # every method scored on the same images
+    cv2.imwrite(str(folders["bad"] / "02.png"), rng.integers(0, 256, (24, 20), np.uint8))
     res = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], folders["bad"]],
                            metrics=["Qabf", "MSE"], workers=1)
     md = res.to_markdown()
@@ -62,6 +64,22 @@ def test_markdown_bolds_best_per_column(folders):
         bold = {k for k in ("good", "bad") if "**" in rows[k].split("|")[col]}
         assert bold == {best}
     assert f"{summ['good']['Qabf']['mean']:.4f}" in rows["good"]
+
+
+def test_no_best_is_marked_over_different_images(folders):
+    # "bad" lacks 02, and its 01 is flat, where CC is undefined: its CC mean is over one image
+    cv2.imwrite(str(folders["bad"] / "01.png"), np.full((24, 20), 90, np.uint8))
+    res = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], folders["bad"]],
+                           metrics=["Qabf", "CC"], workers=1)
+    assert any("01.png" in n and "CC" in n for n in res.notes)
+    md = res.to_markdown()
+    rows = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert "**" not in md and not res.comparable("Qabf") and not res.comparable("CC")
+    assert "(n=1)" in rows["bad"].split("|")[3] and "(n=" not in rows["good"]
+    assert "No best marked for Qabf, CC" in md and "Fused images per method: good 3, bad 2" in md
+    row = next(csv.DictReader(io.StringIO(res.to_csv())))
+    assert row["method"] == "good" and row["CC_n"] == "3" and row["n_images"] == "3"
+    assert [r["CC_n"] for r in csv.DictReader(io.StringIO(res.to_csv()))] == ["3", "1"]
 
 
 def test_cli_json_csv_round_trip(folders, tmp_path, capsys):

@@ -13,6 +13,9 @@ from scipy.signal import convolve2d
 from refusion import metrics as M
 from refusion.metrics import DegenerateInputWarning
 
+# formulas are checked on small hand-made values, often off the 0..255 scale on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::refusion.metrics.InputRangeWarning")
+
 
 @pytest.fixture(scope="module")
 def triplet():
@@ -479,3 +482,21 @@ def test_colour_to_luma():
     bgr[..., 2] = 255  # pure red -> Y = 0.299 * 255 = 76.2 -> 76
     assert np.all(M.to_grey255(bgr) == 76)
     assert np.all(M.to_grey255(np.full((2, 2), 65535, np.uint16)) == 255)
+
+
+def test_images_off_the_0_255_scale_are_warned_about(triplet):
+    a, b, f = triplet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on the 0..255 scale: no warning
+        M.compute_suite(a, b, f, ["EN", "Qabf"])
+    with pytest.warns(M.InputRangeWarning, match="within 0..1.*multiply by 255"):
+        en01 = M.compute("EN", a / 255, b / 255, f / 255)
+    assert en01 < 1.5 < M.compute("EN", a, b, f)  # what the warning is for: a wrong scale
+    with pytest.warns(M.InputRangeWarning, match="outside the 0..255 scale"):
+        M.compute("SD", a, b, f * 257)  # 16-bit data not scaled
+    with pytest.warns(M.InputRangeWarning, match="within 0..1"):
+        M.en(f / 255)  # single-image metrics too
+    # files: a float TIFF within 0..1 is scaled to 0..255 (as the 8-bit file of it would be)
+    img = (f / 255).astype(np.float32)
+    assert np.abs(M.to_grey255(img) - np.round(img * 255.0)).max() == 0
+    assert M.to_grey255(img * 255).max() == pytest.approx(np.round(f.max()))  # 0..255 floats

@@ -215,3 +215,17 @@ def test_the_verdict_says_a_loss_plainly():
         "The learnt loss does not beat the fixed loss (W = V = 1/2) on any of the 2 metrics; "
         "the fixed loss is ahead on all of them. Against plain average the learnt model is "
         "ahead on 1 of 2 metrics.")
+
+
+def test_the_table_marks_no_best_over_different_pairs():
+    from refusion.repro.report import Scores, markdown_table
+
+    nan = float("nan")
+    same = Scores("mfif", ("EN", "SCD"), {
+        "a": {"p1": {"EN": 7.0, "SCD": 1.0}, "p2": {"EN": 7.0, "SCD": 1.2}},
+        "b": {"p1": {"EN": 6.0, "SCD": 1.5}, "p2": {"EN": 6.0, "SCD": nan}},
+    })
+    rows = {ln.split("|")[1].strip(): ln.split("|") for ln in markdown_table(same).splitlines()}
+    assert rows["a"][2].strip().startswith("**7 ")  # EN: same pairs, the best in bold
+    # SCD: b's mean is over p1 only (1.5 > 1.1), so not "best": said, and no bold in the column
+    assert rows["b"][3].strip() == "1.5 ± 0 (n=1)" and "**" not in rows["a"][3] + rows["b"][3]

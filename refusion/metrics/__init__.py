@@ -8,6 +8,8 @@ has the metric, else the MATLAB toolboxes (VIFB/MEFB/Liu); see ``docs/metrics.md
 
 Degenerate inputs (a constant source, windows flat in both sources): a metric that is undefined
 there returns NaN and emits :class:`DegenerateInputWarning`; it never raises or substitutes 0/1.
+Images that are not on the 0..255 scale (0..1 floats, unscaled 16-bit) are computed as given,
+with an :class:`InputRangeWarning`.
 
 Example:
     >>> from refusion.metrics import compute, compute_suite
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from ._common import DegenerateInputWarning, as_triplet
+from ._common import DegenerateInputWarning, InputRangeWarning, as_triplet
 from ._io import read_grey, to_grey255
 from .conventions import METRICS, canonical_metric, parse_convention_spec, resolve
 from .gradient import ag, nabf, qabf, sf
@@ -96,7 +98,8 @@ def compute_suite(a: np.ndarray, b: np.ndarray, f: np.ndarray,
 from .evaluate import EvalResult, evaluate_folders  # noqa: E402  (needs compute_suite)
 
 __all__ = [
-    "DEFAULT_SUITE", "METRICS", "DegenerateInputWarning", "EvalResult", "ag", "cc", "compute",
-    "compute_suite", "en", "evaluate_folders", "fmi", "mi", "ms_ssim", "mse", "nabf", "psnr",
-    "q_cb", "q_ncie", "q_y", "qabf", "read_grey", "scd", "sd", "sf", "ssim", "to_grey255", "vif",
+    "DEFAULT_SUITE", "METRICS", "DegenerateInputWarning", "EvalResult", "InputRangeWarning", "ag",
+    "cc", "compute", "compute_suite", "en", "evaluate_folders", "fmi", "mi", "ms_ssim", "mse",
+    "nabf", "psnr", "q_cb", "q_ncie", "q_y", "qabf", "read_grey", "scd", "sd", "sf", "ssim",
+    "to_grey255", "vif",
 ]

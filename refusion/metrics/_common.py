@@ -21,28 +21,53 @@ class DegenerateInputWarning(RuntimeWarning):
     """A metric is undefined for this input (constant source, flat windows); it returned NaN."""
 
 
+class InputRangeWarning(UserWarning):
+    """The images do not look like the 0..255 scale the metrics expect (e.g. 0..1 floats)."""
+
+
+def check_range(*images: np.ndarray) -> None:
+    """Warn when the images, taken together, are not on the 0..255 scale: all within 0..1
+    (floats straight from a network: every metric would be on the wrong scale, EN near 0) or
+    beyond 0..255 (16-bit data not scaled)."""
+    lo = min(float(x.min()) for x in images)
+    hi = max(float(x.max()) for x in images)
+    if 0.0 < hi <= 1.0 and lo >= 0.0:
+        warnings.warn("the images are all within 0..1, but the metrics expect the 0..255 "
+                      "scale (multiply by 255); computed as given", InputRangeWarning,
+                      stacklevel=4)
+    elif lo < 0.0 or hi > 255.0:
+        warnings.warn(f"values from {lo:g} to {hi:g} are outside the 0..255 scale the "
+                      "metrics expect (16-bit data: scale by 255/65535); computed as given",
+                      InputRangeWarning, stacklevel=4)
+
+
 def degenerate(metric: str, reason: str) -> float:
     """Warn that ``metric`` is undefined here and return NaN (the documented policy)."""
     warnings.warn(f"{metric}: {reason}; returning NaN", DegenerateInputWarning, stacklevel=3)
     return float("nan")
 
 
-def as_image(x: np.ndarray, name: str = "image") -> np.ndarray:
-    """A 2-D float64 array (a copy only when needed); colour must be converted beforehand."""
+def as_image(x: np.ndarray, name: str = "image", check: bool = True) -> np.ndarray:
+    """A 2-D float64 array (a copy only when needed); colour must be converted beforehand.
+    ``check``: warn when it is not on the 0..255 scale (:func:`check_range`)."""
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D grey image, got shape {arr.shape}")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or Inf")
+    if check and arr.size:
+        check_range(arr)
     return arr
 
 
 def as_triplet(a, b, f) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check and convert a source pair and the fused image (same 2-D shape)."""
-    a, b, f = as_image(a, "a"), as_image(b, "b"), as_image(f, "fused")
+    a, b, f = (as_image(x, n, check=False) for x, n in ((a, "a"), (b, "b"), (f, "fused")))
     if not (a.shape == b.shape == f.shape):
         raise ValueError(f"shape mismatch: a {a.shape}, b {b.shape}, fused {f.shape}")
+    if a.size:
+        check_range(a, b, f)
     return a, b, f
 
 
@@ -116,4 +141,4 @@ def filter_same(x: np.ndarray, w1d: np.ndarray, mode: str) -> np.ndarray:
 def entropy_bits(counts: np.ndarray) -> float:
     """Shannon entropy (log2) of a histogram given as counts, 0 log 0 = 0."""
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: a single bin gives 0.0, not -0.0

@@ -17,7 +17,8 @@ def to_grey255(img: np.ndarray) -> np.ndarray:
 
     Colour (BGR/BGRA) becomes the Y channel of OpenCV's BGR2YCrCb (0.299/0.587/0.114, what
     CDDFuse and the toolboxes use), rounded to integers. 16-bit data is scaled by 255/65535
-    and rounded, float data is taken as 0..255.
+    and rounded; float data is taken as 0..1 when it lies within 0..1 (a float TIFF written
+    by most tools) and scaled by 255, else as 0..255.
 
     Args:
         img: (H, W), (H, W, 3) or (H, W, 4) array as returned by ``cv2.imread``.
@@ -35,6 +36,8 @@ def to_grey255(img: np.ndarray) -> np.ndarray:
         y = img.astype(np.float64)
     if img.dtype == np.uint16:
         y = y * (255.0 / 65535.0)
+    elif img.dtype.kind == "f" and y.size and y.min() >= 0.0 and y.max() <= 1.0:
+        y = y * 255.0
     return np.clip(np.round(y), 0, 255) if img.dtype != np.uint8 else y
 
 

@@ -120,12 +120,23 @@ class EvalResult:
                 }
         return out
 
+    def _scored(self, meth: str, metric: str) -> frozenset[str]:
+        """Stems where ``meth`` has a defined (non-NaN) ``metric``."""
+        rows = self.values.get(meth, {})
+        return frozenset(s for s in rows if not math.isnan(rows[s][metric]))
+
+    def comparable(self, metric: str) -> bool:
+        """Whether every method's mean of ``metric`` is over the same images (none missing or
+        undefined for one method only): only then is one mean "best"."""
+        sets = {self._scored(k, metric) for k in self.methods}
+        return len(sets) == 1
+
     def _best(self, summ) -> dict[str, str | None]:
         best: dict[str, str | None] = {}
         for m in self.metrics:
             cands = [(summ[k][m]["mean"], k) for k in self.methods
                      if not math.isnan(summ[k][m]["mean"])]
-            if not cands or len(self.methods) < 2:
+            if not cands or len(self.methods) < 2 or not self.comparable(m):
                 best[m] = None
                 continue
             sign = 1 if METRICS[m].higher_is_better else -1
@@ -133,37 +144,64 @@ class EvalResult:
         return best
 
     def to_markdown(self, digits: int = 4) -> str:
-        """A paper-style table: mean ± std per method and metric, best per column in bold."""
+        """A paper-style table: mean ± std per method and metric, best per column in bold.
+
+        A mean over fewer images than the method has (a metric undefined on some, NaN) says
+        ``(n=k)``; a column whose methods were scored on different images has no bold cell.
+        """
         summ = self.summary()
         best = self._best(summ)
         head = ["Method"] + [f"{m} {'↑' if METRICS[m].higher_is_better else '↓'}"
                              for m in self.metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        partial = False
         for meth in self.methods:
             cells = [meth]
+            total = len(self.values.get(meth, {}))
             for m in self.metrics:
                 s = summ[meth][m]
                 txt = ("n/a" if math.isnan(s["mean"])
                        else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}")
+                if 0 < s["n"] < total:
+                    txt += f" (n={s['n']})"
+                    partial = True
                 if best[m] == meth:
                     txt = f"**{txt}**"
                 cells.append(txt)
             lines.append("| " + " | ".join(cells) + " |")
         conv = ", ".join(f"{m}: {c}" for m, c in self.conventions.items())
         lines += ["", f"Conventions: {conv}. Std is the population std over images."]
+        unbolded = [m for m in self.metrics if len(self.methods) > 1 and not self.comparable(m)]
+        if self._uneven():
+            counts = ", ".join(f"{k} {len(self.values.get(k, {}))}" for k in self.methods)
+            lines.append(f"Fused images per method: {counts} (the missing ones are listed "
+                         "on stderr).")
+        if partial:
+            lines.append("(n=k): the mean of k images; the metric is undefined (NaN) on the "
+                         "others (see the notes on stderr or in the JSON).")
+        if unbolded:
+            lines.append(f"No best marked for {', '.join(unbolded)}: the methods were not "
+                         "scored on the same images (a fused image missing, or the metric "
+                         "undefined for one method only).")
         return "\n".join(lines) + "\n"
 
+    def _uneven(self) -> bool:
+        """Whether the methods have fused images for different numbers of pairs."""
+        return len({len(self.values.get(k, {})) for k in self.methods}) > 1
+
     def to_csv(self) -> str:
-        """One row per method: ``method, n_images, <metric>_mean, <metric>_std, ...``."""
+        """One row per method: ``method, n_images, <metric>_mean, <metric>_std, <metric>_n,
+        ...`` (``n``: images where the metric is defined)."""
         summ = self.summary()
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["method", "n_images"] + [f"{m}_{k}" for m in self.metrics
-                                             for k in ("mean", "std")])
+                                             for k in ("mean", "std", "n")])
         for meth in self.methods:
             row = [meth, len(self.values.get(meth, {}))]
             for m in self.metrics:
-                row += [repr(summ[meth][m]["mean"]), repr(summ[meth][m]["std"])]
+                row += [repr(summ[meth][m]["mean"]), repr(summ[meth][m]["std"]),
+                        summ[meth][m]["n"]]
             w.writerow(row)
         return buf.getvalue()
 

@@ -321,4 +321,4 @@ def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "pixel") 
     rows, cols = a.shape[0] - 2, a.shape[1] - 2
     step = max(1, _WINDOWS_PER_CHUNK // cols)
     total = sum(_fmi_band(fa, fb, ff, r0, min(rows, r0 + step)) for r0 in range(0, rows, step))
-    return total / (rows * cols)
+    return total / (rows * cols) + 0.0  # never -0.0

@@ -65,6 +65,11 @@ class Scores:
                                   else (math.nan, math.nan))
         return out
 
+    def defined(self, method: str, metric: str) -> frozenset[str]:
+        """The pairs where ``metric`` of ``method`` is defined (finite)."""
+        return frozenset(k for k, row in self.values[method].items()
+                         if math.isfinite(row[metric]))
+
 
 def backend_fuser(weights: str | Path) -> Fuser:
     """Fuse with a checkpoint through ONNX Runtime on the CPU (our fastest CPU backend)."""
@@ -129,10 +134,13 @@ def collapse_notes(scores: Scores) -> list[str]:
 
 def markdown_table(scores: Scores, extra_rows: list[dict] = ()) -> str:
     """Mean ± std per method and metric; the best mean of each column in bold (all of these
-    metrics are higher-is-better). ``extra_rows``: ``{"label", "values"}`` rows (no std)."""
+    metrics are higher-is-better), unless the methods' means are over different pairs (a
+    metric undefined for one method only): those cells say ``(n=k)`` and the column has no
+    bold. ``extra_rows``: ``{"label", "values"}`` rows (no std)."""
     summ = scores.summary()
+    same = {m: len({scores.defined(k, m) for k in summ}) == 1 for m in scores.metrics}
     best = {m: max((s[m][0] for s in summ.values() if math.isfinite(s[m][0])), default=None)
-            for m in scores.metrics}
+            if same[m] else None for m in scores.metrics}
     lines = ["| method | " + " | ".join(scores.metrics) + " |",
              "|---|" + "---:|" * len(scores.metrics)]
     for method, s in summ.items():
@@ -140,6 +148,9 @@ def markdown_table(scores: Scores, extra_rows: list[dict] = ()) -> str:
         for m in scores.metrics:
             mean, std = s[m]
             text = f"{mean:.4g} ± {std:.2g}" if math.isfinite(mean) else "n/a"
+            n = len(scores.defined(method, m))
+            if 0 < n < len(scores.values[method]):
+                text += f" (n={n})"
             cells.append(f"**{text}**" if best[m] is not None and mean == best[m] else text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     for row in extra_rows:
