@@ -109,6 +109,15 @@ class Backend:
         pass
 
 
+def default_threads() -> int:
+    """Threads of a CPU backend given none: ``$OMP_NUM_THREADS`` when set to a positive
+    integer (the usual way to share a machine), else :func:`physical_cores`."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return physical_cores()
+
+
 def physical_cores() -> int:
     """Physical cores available to this process (hyper-threads share one core's units, and
     oversubscribing them slows convolution kernels down)."""

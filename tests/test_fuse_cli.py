@@ -63,7 +63,7 @@ def _run(args):
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "size", "weights", "task", "ext",
-                                  "unwritable"])
+                                  "unwritable", "threads"])
 def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
     a, b = pair_files
     out = str(tmp_path / ("o.pgn" if case == "ext" else "o.png"))
@@ -89,6 +89,9 @@ def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
         needle = "trained for 'ivif'"
     elif case == "ext":
         needle = "o.pgn: cannot write images as '.pgn'"
+    elif case == "threads":
+        args += ["--threads", "0"]
+        needle = "--threads must be at least 1, got 0"
     else:
         blocker = tmp_path / "file"
         blocker.write_text("x")
@@ -171,3 +174,45 @@ def test_folder_errors(case, photo_pair, ckpt, tmp_path):
     r = _run([*args, "-o", str(tmp_path / "o"), "--weights", str(ckpt)])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    # `refusion weights | head -1`: the reader goes away while the command still writes
+    import subprocess
+    import sys
+
+    script = ("from refusion.cli._common import cli_entry\n"
+              "@cli_entry\n"
+              "def main(argv=None):\n"
+              "    for i in range(200000):\n"
+              "        print('line', i)\n"
+              "main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()  # more than a pipe's buffer is still to come: the writer gets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and err == "", err
+
+
+def test_threads_default_to_omp_num_threads_and_follow_the_option(pair_files, ckpt, tmp_path,
+                                                                   monkeypatch):
+    import torch
+    from refusion.engine.base import default_threads, physical_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3  # a shared machine's setting is honoured
+    for bad in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        assert default_threads() == physical_cores()
+    a, b = pair_files
+    before = torch.get_num_threads()
+    try:
+        assert main([str(a), str(b), "-o", str(tmp_path / "f.png"), "--weights", str(ckpt),
+                     "--backend", "torch", "--threads", "1", "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 1  # the torch backend set what it was given
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main([str(a), str(b), "-o", str(tmp_path / "g.png"), "--weights", str(ckpt),
+              "--backend", "tensorrt", "--threads", "2"])

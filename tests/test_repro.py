@@ -229,3 +229,15 @@ def test_the_table_marks_no_best_over_different_pairs():
     assert rows["a"][2].strip().startswith("**7 ")  # EN: same pairs, the best in bold
     # SCD: b's mean is over p1 only (1.5 > 1.1), so not "best": said, and no bold in the column
     assert rows["b"][3].strip() == "1.5 ± 0 (n=1)" and "**" not in rows["a"][3] + rows["b"][3]
+
+
+def test_the_shared_folder_default(monkeypatch, tmp_path):
+    from refusion.cli import repro as repro_cli
+    from refusion.cli.main import parse_args
+
+    monkeypatch.delenv("REFUSION_SHARED", raising=False)
+    args = parse_args(["repro", "mfif"])  # this source checkout: shared/ beside it
+    assert Path(args.data) == Path(repro_cli.__file__).resolve().parents[3] / "shared" / "data"
+    monkeypatch.setenv("REFUSION_SHARED", str(tmp_path))
+    args = parse_args(["repro", "mfif"])
+    assert (Path(args.data), Path(args.reference)) == (tmp_path / "data", tmp_path / "reference")

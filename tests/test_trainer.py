@@ -313,6 +313,30 @@ def test_bad_config_file_is_one_line_naming_it(tmp_path, capsys, text, message):
     assert len(err) == 1 and f"config file {path} {message}" in err[0], err
 
 
+@pytest.mark.parametrize("name", ["cpu", "mfif-cpu", "mfif-cpu.yaml",
+                                  "refusion/configs/recipes/mfif-cpu.yaml"])
+def test_config_takes_a_shipped_recipe_by_name_from_anywhere(tmp_path, monkeypatch, capsys,
+                                                            name):
+    # the docs' source-tree path works from an installed package too (any working directory)
+    import yaml
+
+    from refusion.cli.train import main
+    from refusion.config import read_yaml_mapping
+    from refusion.train.config import recipe_file
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--task", "mfif", "--config", name, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    shipped = read_yaml_mapping(recipe_file("mfif", "cpu"))
+    assert printed["schedule"]["meta_steps"] == shipped["schedule"]["meta_steps"]
+    assert printed["optim"]["lr_fusion"] == shipped["optim"]["lr_fusion"]
+    with pytest.raises(SystemExit):
+        main(["--task", "mfif", "--config", "nosuch", "--print-config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--config nosuch: no such file and no shipped recipe" in err[0]
+    assert "tiny" in err[0]
+
+
 def test_resume_with_a_broken_saved_config_is_one_line(tmp_path, capsys):
     from refusion.cli.train import main
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from refusion.engine.base import Backend, physical_cores
+from refusion.engine.base import Backend, default_threads
 
 from refusion.errors import UserError
 
@@ -96,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"onnxruntime optimisation must be one of {sorted(levels)}")
         so = ort.SessionOptions()
         so.graph_optimization_level = levels[self.optimization]
-        so.intra_op_num_threads = self.threads or physical_cores()
+        so.intra_op_num_threads = self.threads or default_threads()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
@@ -148,7 +148,7 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(provider=self.provider, optimization=self.optimization,
-                 threads=self.threads or physical_cores(), model=self.model_path.name)
+                 threads=self.threads or default_threads(), model=self.model_path.name)
         if self._session is not None:
             d["providers"] = self._session.get_providers()
         return d

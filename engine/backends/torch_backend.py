@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from refusion.engine.base import Backend, physical_cores
+from refusion.engine.base import Backend, default_threads
 from torch import nn
 
 from refusion.errors import UserError
@@ -165,7 +165,7 @@ class TorchBackend(Backend):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--backend torch --device cuda: no CUDA device is available")
         if self.device == "cpu":
-            torch.set_num_threads(self.threads or physical_cores())
+            torch.set_num_threads(self.threads or default_threads())
         if self.retain_memory:
             from refusion.engine.memory import retain_freed_memory
 

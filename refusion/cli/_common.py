@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -23,6 +25,9 @@ def add_backend_options(p, backends: tuple[str, ...]) -> None:
                    help="FP16 inference on CUDA (torch backend, with CUDA graphs); for ONNX "
                         "Runtime or TensorRT give an FP16 export as --weights instead "
                         "(refusion-export --fp16)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads of the torch and ONNX Runtime backends (default: "
+                        "$OMP_NUM_THREADS when set, else the physical cores)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (torch backend): 15-20 s of compilation per "
                         "frame size and batch on a 2-core CPU, then the fastest CPU runs")
@@ -45,6 +50,14 @@ def backend_choice(args) -> tuple[str, dict]:
             raise UserError(f"{' and '.join(f'--{k}' for k in flags)} {verb} the torch backend "
                             f"(--backend torch or auto), not --backend {name}{hint}")
         name = "torch"
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, got {threads}")
+        if name == "tensorrt":
+            raise UserError("--threads is for the CPU backends (torch, onnxruntime), not "
+                            "--backend tensorrt")
+        opts["threads"] = threads
     return name, opts
 
 
@@ -81,6 +94,12 @@ def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except BrokenPipeError:
+            # the reader went away (`refusion weights | head -1`): not an error of ours. Point
+            # stdout at devnull so that the interpreter's own flush at exit stays quiet too.
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # not an fd
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         return int(rc or 0)
 
     return wrapper

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata={"weights_name": name} if name else None,
         fp16_check_shape=(1, 2, *check_hw),
     )
-    print(f"wrote {onnx_path}" + (f" (weights {name})" if name else ""), file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {onnx_path}" + (f" (weights {name})" if name else ""), file=sys.stderr)
     if args.engine:
         plan = Path(args.engine)
         cache = Path(args.timing_cache or plan.parent / "tensorrt.timing.cache")
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             timing_cache=cache,
             check=not args.no_check,
         )
-        print(f"wrote {plan} and {plan.name}.json", file=sys.stderr)
+        if not args.quiet:
+            print(f"wrote {plan} and {plan.name}.json", file=sys.stderr)
     return 0
 
 

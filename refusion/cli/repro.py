@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from refusion.cli._common import TASKS
 
-_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+
+def default_shared() -> Path:
+    """The shared data folder: ``$REFUSION_SHARED``, else ``shared`` beside the source
+    checkout this package runs from, else ``../shared`` (beside the working directory, where
+    the project's layout puts it) for an installed package."""
+    if os.environ.get("REFUSION_SHARED"):
+        return Path(os.environ["REFUSION_SHARED"])
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():  # a source checkout (editable install)
+        return root.parent / "shared"
+    return Path("..") / "shared"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    shared = default_shared()
     p = sub.add_parser(
         "repro",
         help="train the ablation variants of a task, score its test split, write the report",
@@ -22,10 +34,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "RESULTS/TASK.md with curves and an example picture.",
     )
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--data", default=str(_SHARED / "data"),
+    p.add_argument("--data", default=str(shared / "data"),
                    help="the shared data folder holding ivif/ mif/ mfif/ meif/ "
-                   "(default %(default)s)")
-    p.add_argument("--reference", default=str(_SHARED / "reference"),
+                   "(default %(default)s; $REFUSION_SHARED sets the shared folder)")
+    p.add_argument("--reference", default=str(shared / "reference"),
                    help="folder of the authors' checkpoint (default %(default)s)")
     p.add_argument("--recipe", default="cpu",
                    help="cpu, paper, tiny or a YAML file (default %(default)s)")

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a", help="folder of the first sources (instead of --data)")
     p.add_argument("--b", help="folder of the second sources")
     p.add_argument("--val", help="validation folder (metrics per epoch, best checkpoint)")
-    p.add_argument("--config", help="YAML file of settings (over the task preset)")
+    p.add_argument("--config", help="YAML file of settings (over the task preset), or a "
+                   "shipped recipe by name: cpu, paper (the task's), tiny")
     p.add_argument("--out", help="run folder (default runs/<task>-<date-time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from refusion.config import to_dict
     from refusion.errors import UserError
-    from refusion.train.config import build_config
+    from refusion.train.config import build_config, recipe_file
     from refusion.train.trainer import Trainer, load_run_config
 
     overrides = _options(args) + list(args.overrides)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.task:
             raise UserError("give --task (one of " + ", ".join(TASKS) + ") or --resume RUN_DIR")
-        cfg = build_config(args.task, args.config, overrides)
+        config = recipe_file(args.task, args.config) if args.config else None
+        cfg = build_config(args.task, config, overrides)
         if args.out:
             run_dir = args.out
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -82,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--homography", metavar="FILE",
                     help="3x3 infrared->visible homography (.json or .npy)")
     al.add_argument("--estimate-homography", metavar="JSON",
-                    help="estimate a homography from the first --calib-frames pairs, write it "
-                    "here and exit (use it next with --homography)")
+                    help="estimate a homography from --calib-frames pairs near the start, "
+                    "write it here and exit (use it next with --homography)")
     al.add_argument("--calib-frames", type=int, default=8,
-                    help="frame pairs for --estimate-homography (default 8)")
+                    help="frame pairs for --estimate-homography, one every third frame (so "
+                    "that they differ) until N are taken or the input ends (default 8)")
     p.add_argument("--stats-json", metavar="FILE", help="write the run's statistics as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p

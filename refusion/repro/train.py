@@ -7,13 +7,13 @@ is reused, an interrupted one is resumed, and the wall time of all sittings is s
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import time
 from pathlib import Path
 
 from refusion.errors import UserError
 from refusion.repro.splits import Split, stage, write_split
+from refusion.train.config import recipe_file
 
 VARIANTS = {
     "learned": ["ablation.loss=learned", "ablation.fusion=direct"],
@@ -24,15 +24,7 @@ VARIANTS = {
 
 def recipe_path(task: str, recipe: str) -> str:
     """A recipe file: a path, or a shipped name (``cpu``, ``paper``: per task; ``tiny``)."""
-    if Path(recipe).is_file():
-        return str(recipe)
-    folder = importlib.resources.files("refusion.configs").joinpath("recipes")
-    for name in (f"{task}-{recipe}.yaml", f"{recipe}.yaml"):
-        res = folder.joinpath(name)
-        if res.is_file():
-            return str(res)
-    raise UserError(f"--recipe {recipe}: no such file and no shipped recipe of that name "
-                    "(shipped: cpu, paper, tiny)")
+    return recipe_file(task, recipe, "--recipe")
 
 
 def stage_split(split: Split, task_dir: Path) -> tuple[Path, Path]:

@@ -156,6 +156,31 @@ def preset_text(task: str) -> str:
     return res.read_text(encoding="utf-8")
 
 
+def recipe_file(task: str, name: str, option: str = "--config") -> str:
+    """A settings file: an existing path, or a recipe shipped in ``refusion/configs/recipes``
+    by name (``cpu``, ``paper``: that task's; ``tiny``; ``mfif-cpu``, ``mfif-cpu.yaml``, or a
+    source-tree path such as ``refusion/configs/recipes/mfif-cpu.yaml``, which then works from
+    an installed package too).
+
+    Raises:
+        UserError: neither (one line naming ``option`` and the shipped names).
+    """
+    from pathlib import Path
+
+    if Path(name).is_file():
+        return str(name)
+    folder = importlib.resources.files("refusion.configs").joinpath("recipes")
+    stem = Path(name).name.removesuffix(".yaml")
+    for cand in (f"{task}-{stem}.yaml", f"{stem}.yaml"):
+        res = folder.joinpath(cand)
+        if res.is_file():
+            return str(res)
+    shipped = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                     if p.name.endswith(".yaml"))
+    raise UserError(f"{option} {name}: no such file and no shipped recipe of that name "
+                    f"(shipped: cpu, paper (per task), {', '.join(shipped)})")
+
+
 def build_config(
     task: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:

@@ -7,8 +7,8 @@ steps) is averaged over the processes with an all-reduce. Each process works on 
 global batch; because all losses are means over the batch, the averaged gradient is exactly
 the gradient of the global batch, and N processes follow the same trajectory as one process
 with the whole batch (up to float rounding). The inner gradients of the second-order meta step
-are averaged with the *differentiable* all-reduce of ``torch.distributed.nn``, so the outer
-backward also flows across processes.
+are averaged with a *differentiable* all-reduce (:class:`_AllReduceSum`, whose backward is
+again an all-reduce, to any order), so the outer backward also flows across processes.
 """
 
 from __future__ import annotations
@@ -72,13 +72,28 @@ def mean_grads(grads: list[Tensor], info: DistInfo) -> list[Tensor]:
     return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes. The gradient of a sum taken everywhere is the sum of the
+    gradients, so the backward is the same all-reduce; it goes through ``apply`` so that a
+    double backward (the second-order meta step) is differentiated too. (Ours rather than
+    ``torch.distributed.nn.functional.all_reduce``, deprecated in recent torch releases.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # noqa: D102
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return _AllReduceSum.apply(grad)
+
+
 def mean_grads_differentiable(grads: list[Tensor], info: DistInfo) -> list[Tensor]:
     """:func:`mean_grads` that autograd can differentiate (its backward is an all-reduce)."""
     if not info.enabled or not grads:
         return grads
-    from torch.distributed.nn.functional import all_reduce
-
-    flat = all_reduce(torch.cat([g.reshape(-1) for g in grads])) / info.world
+    flat = _AllReduceSum.apply(torch.cat([g.reshape(-1) for g in grads])) / info.world
     out, i = [], 0
     for g in grads:
         out.append(flat[i:i + g.numel()].view_as(g))
