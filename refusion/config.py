@@ -40,6 +40,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = [value]
         args = typing.get_args(tp)
         inner = args[0] if args else Any
+        fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(value) != len(args):  # a fixed-length tuple, e.g. Adam's two betas
+            raise UserError(f"config key '{key}' expects {len(args)} values, got "
+                                f"{list(value)!r}")
         items = [_coerce(v, inner, key) for v in value]
         return tuple(items) if origin is tuple else items
     if tp is Any:
@@ -49,6 +53,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise UserError(f"config key '{key}' expects true/false, got {value!r}")
     if tp in (int, float, str):
+        if tp is not str and isinstance(value, bool):  # YAML true is not the number 1
+            raise UserError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError

@@ -63,12 +63,16 @@ def is_gray(img: np.ndarray) -> bool:
 
 
 def to_float255(img: np.ndarray) -> np.ndarray:
-    """Pixel values as float32 on the 0..255 scale (16-bit divided by 257, float kept)."""
+    """Pixel values as float32 on the 0..255 scale: 16-bit divided by 257; float data
+    (float TIFFs) within 0..1, the usual float convention, multiplied by 255, else kept."""
     if img.dtype == np.uint8:
         return img.astype(np.float32)
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 257.0
-    return img.astype(np.float32)
+    out = img.astype(np.float32)
+    if out.size and float(out.min()) >= 0.0 and float(out.max()) <= 1.0:
+        out *= 255.0
+    return out
 
 
 def split_luma(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -143,7 +147,7 @@ class RangeTracker:
 
 def to_display255(img: np.ndarray, tracker: RangeTracker | None = None) -> np.ndarray:
     """Any supported input as float32 on 0..255: 8-bit as is, 16-bit by robust percentiles
-    (through ``tracker`` when given, for temporal smoothing), float kept."""
+    (through ``tracker`` when given, for temporal smoothing), float as :func:`to_float255`."""
     if img.dtype == np.uint16:
         if tracker is None:
             return map_range(img, *robust_bounds(img))

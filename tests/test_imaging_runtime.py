@@ -86,3 +86,20 @@ def test_image_extensions_are_checked_before_writing(tmp_path):
         write_image(tmp_path / "o.jpgx", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []
     assert write_image(tmp_path / "o.PNG", np.zeros((4, 4), np.uint8)).is_file()
+
+
+def test_float_images_within_0_1_are_scaled_like_8_bit_ones(tmp_path):
+    import cv2
+
+    from refusion.imaging import to_float255
+    from refusion.train.data import load_luma
+
+    grey = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    unit = grey.astype(np.float32) / 255.0
+    assert np.allclose(to_float255(unit), grey, atol=1e-4)  # 0..1 floats: the usual convention
+    assert np.array_equal(to_float255(grey.astype(np.float32)), grey)  # 0..255 floats kept
+    tif = tmp_path / "unit.tif"  # a float TIFF as most tools write one
+    assert cv2.imwrite(str(tif), unit)
+    png = tmp_path / "grey.png"
+    cv2.imwrite(str(png), grey)
+    assert np.allclose(load_luma(tif), load_luma(png), atol=1e-6)  # the trainer reads it whole

@@ -377,3 +377,141 @@ def test_validation_writes_best_checkpoint(mf_data, tmp_path):
     lines = (tmp_path / "run" / "validation.csv").read_text().splitlines()
     assert lines[0] == "step,epoch,EN,SF,Qabf" and len(lines) == 3
     assert np.isfinite([float(x) for x in lines[1].split(",")[2:]]).all()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("fusion.heads=0", "'fusion.heads' must be >= 1, got 0"),
+    ("fusion.dim=0", "'fusion.dim' must be >= 1"),
+    ("fusion.heads=3", "'fusion.heads' (3) must divide fusion.dim (4)"),
+    ("fusion.ffn_expansion=0", "'fusion.ffn_expansion' must be a number > 0"),
+    ("proposal.width=0", "'proposal.width' must be >= 1"),
+    ("reconstruction.dilations=[0]", "'reconstruction.dilations' must be a non-empty list"),
+    ("optim.lr_fusion=-1", "'optim.lr_fusion' must be a finite number >= 0, got -1.0"),
+    ("optim.lr_fusion=.nan", "'optim.lr_fusion' must be a finite number >= 0, got nan"),
+    ("optim.betas=[0.9]", "'optim.betas' expects 2 values, got [0.9]"),
+    ("optim.betas=[1.5,0.9]", "'optim.betas[0]' must be in [0, 1), got 1.5"),
+    ("optim.weight_decay=-1", "'optim.weight_decay' must be a finite number >= 0"),
+    ("meta.inner_lr_fusion=-1", "'meta.inner_lr_fusion' must be a finite number >= 0"),
+    ("meta.fd_epsilon=0", "'meta.fd_epsilon' must be a finite number > 0"),
+    ("data.workers=-1", "'data.workers' must be >= 0"),
+    ("seed=-1", "'seed' must be an integer from 0 to 2**63 - 1"),
+    ("seed=99999999999999999999999", "'seed' must be an integer from 0 to 2**63 - 1"),
+    ("data.split_seed=-1", "'data.split_seed' must be an integer"),
+    ("device=foo", "'device' must be auto, cpu, cuda or cuda:N, got 'foo'"),
+    ("threads=-4", "'threads' must be >= 0"),
+    ("schedule.max_steps=-3", "'schedule.max_steps' must be >= 0"),
+    ("schedule.epochs=true", "'schedule.epochs' expects int, got True"),
+    ("log.keep=0", "'log.keep' must be >= 1, got 0"),
+    ("val.max_pairs=-1", "'val.max_pairs' must be >= 1"),
+    ("val.max_side=0", "'val.max_side' must be >= 16"),
+    ("val.metrics=[FOO]", "'val.metrics': unknown metric 'FOO'"),
+    ("val.best=SD", "'val.best' (SD) must be one of val.metrics (EN, Qabf)"),
+])
+def test_bad_settings_are_refused_before_any_work(mf_data, override, needle):
+    with pytest.raises(UserError) as exc:
+        _cfg(mf_data, "val.metrics=[EN,Qabf]", override)
+    assert needle in str(exc.value), str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_val_best_is_matched_whatever_its_case(mf_data, tmp_path):
+    tr = Trainer(_cfg(mf_data, f"data.val={mf_data}", "val.metrics=[EN,Qabf]", "val.best=qabf"),
+                 tmp_path / "run", quiet=True)
+    assert tr.fit().best["metric"] == "Qabf" and (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def _steps(run: Path) -> list[int]:
+    return [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def test_resume_after_a_crash_logs_every_step_once(mf_data, tmp_path):
+    # a crash after checkpoint 6 (steps 6.. already logged, then killed): rows 6.. are redone
+    run = tmp_path / "run"
+    Trainer(_cfg(mf_data, "log.keep=5"), run, quiet=True).fit()
+    assert _steps(run) == list(range(10))
+    (run / "checkpoints" / "latest").write_text("6\n")  # as if killed before checkpoint 9
+    Trainer(_cfg(mf_data, "log.keep=5"), run, resume=True, quiet=True).fit()
+    assert _steps(run) == list(range(10))
+
+
+def test_resume_with_new_validation_settings(mf_data, tmp_path):
+    run = tmp_path / "run"
+    val = [f"data.val={mf_data}", "schedule.max_steps=5"]
+    Trainer(_cfg(mf_data, *val, "val.metrics=[EN,MSE]", "val.best=MSE"), run, quiet=True).fit()
+    tr = Trainer(_cfg(mf_data, *val, "val.metrics=[EN,SF]", "val.best=SF",
+                      "schedule.max_steps=0"), run, resume=True, quiet=True)
+    assert tr.best is None  # MSE's best value means nothing for SF
+    res = tr.fit()
+    assert res.best["metric"] == "SF" and res.best["step"] == 10
+    import csv
+
+    rows = list(csv.DictReader((run / "validation.csv").open()))
+    assert list(rows[0]) == ["step", "epoch", "EN", "MSE", "SF"]  # one header for all rows
+    assert [r["step"] for r in rows] == ["5", "10"]
+    assert rows[0]["MSE"] and not rows[0]["SF"] and rows[1]["SF"] and not rows[1]["MSE"]
+
+
+def test_a_run_resumes_from_any_working_directory(mf_data, tmp_path, monkeypatch):
+    import yaml
+
+    from refusion.cli.train import main
+
+    monkeypatch.chdir(mf_data.parent)
+    args = ["--task", "mfif", "--data", mf_data.name, "--out", str(tmp_path / "run"), *TINY,
+            "schedule.max_steps=4"]
+    assert main(args) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(mf_data)  # absolute, not as typed
+    monkeypatch.chdir(tmp_path)
+    assert main(["--resume", str(tmp_path / "run"), "schedule.max_steps=6"]) == 0
+
+
+def test_resume_refuses_options_it_would_ignore_and_says_when_done(mf_data, tmp_path, capsys):
+    from refusion.cli.train import main
+
+    run = str(tmp_path / "run")
+    assert main(["--task", "mfif", "--data", str(mf_data), "--out", run, *TINY]) == 0
+    capsys.readouterr()
+    for extra in (["--out", str(tmp_path / "other")], ["--task", "ivif"],
+                  ["--config", "tiny"]):
+        with pytest.raises(SystemExit):
+            main(["--resume", run, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot be given with --resume" in err[0], err
+    assert not (tmp_path / "other").exists()
+    assert main(["--resume", run]) == 0
+    assert f"already complete at step 10 ({Path(run) / 'final.safetensors'})" in \
+        capsys.readouterr().err
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(SystemExit):
+        main(["--resume", run, "schedule.max_steps=4"])
+    assert "past the 4 steps" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").read_text() == before  # not rewritten
+
+
+def test_data_options_conflict_and_overrides_mix_with_options(mf_data, capsys):
+    from refusion.cli.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--task", "mfif", "--data", str(mf_data), "--a", str(mf_data), "--print-config"])
+    assert "either as --data DIR or as --a DIR --b DIR" in capsys.readouterr().err
+    assert main(["--task", "mfif", "schedule.epochs=3", "--data", str(mf_data),
+                 "schedule.batch=2", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "batch: 2" in out
+
+
+def test_a_failed_first_attempt_leaves_nothing_in_the_rerun(mf_data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "_fusion_step", _nan_fusion_step)
+    with pytest.raises(TrainingDiverged, match="start again with the same --out"):
+        Trainer(_cfg(mf_data, "schedule.meta_steps=0"), run, quiet=True).fit()
+    assert _steps(run) == []  # nothing logged for the failed step itself
+    (run / "metrics.csv").write_text((run / "metrics.csv").read_text() + "0,0,meta\n")
+    monkeypatch.undo()
+    Trainer(_cfg(mf_data, "schedule.max_steps=3"), run, quiet=True).fit()
+    assert _steps(run) == [0, 1, 2]  # the earlier attempt's rows are gone
+
+
+def _nan_fusion_step(self, batch):
+    self._guard(False, "fusion")

@@ -54,7 +54,8 @@ def _options(args) -> list[str]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # intermixed: key=value overrides may come before, between and after the options
+    args = build_parser().parse_intermixed_args(argv)
     import yaml
 
     from refusion.config import to_dict
@@ -63,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.train.trainer import Trainer, load_run_config
 
     overrides = _options(args) + list(args.overrides)
+    if args.data and (args.a or args.b):
+        raise UserError("give the training data either as --data DIR or as --a DIR --b DIR, "
+                        "not both")
     if args.resume:
+        ignored = [f"--{k}" for k in ("config", "out", "task") if getattr(args, k)]
+        if ignored:
+            raise UserError(f"{', '.join(ignored)} cannot be given with --resume: the run "
+                            f"continues in {args.resume} with its config.yaml (change settings "
+                            "with key=value overrides)")
         cfg = load_run_config(args.resume, overrides)
         run_dir = args.resume
     else:
@@ -88,8 +97,13 @@ def main(argv: list[str] | None = None) -> int:
 
         shutdown()
     if trainer.dist.is_main:
-        print(f"refusion-train: done, step {result.step}; checkpoint {result.checkpoint}",
-              file=sys.stderr)
+        final = trainer.run_dir / "final.safetensors"
+        if result.checkpoint is None and final.is_file():
+            print(f"refusion-train: the run was already complete at step {result.step} "
+                  f"({final})", file=sys.stderr)
+        else:
+            print(f"refusion-train: done, step {result.step}; checkpoint {result.checkpoint}"
+                  + (f" (also {final.name})" if final.is_file() else ""), file=sys.stderr)
     return 0
 
 

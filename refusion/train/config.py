@@ -204,22 +204,96 @@ def config_from_dict(data: dict) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject settings that would fail later (one line naming the key)."""
+    """Reject settings that would fail later, or silently do something else, before any
+    work: one line naming the key (a run must not train for an epoch and then stop on a
+    validation setting)."""
+    import math
+    import re
+
+    def bad(key: str, rule: str, value) -> UserError:
+        return UserError(f"config key '{key}' must be {rule}, got {value!r}")
+
     s = cfg.schedule
-    for key, value in (("schedule.batch", s.batch), ("schedule.patch", s.patch),
-                       ("schedule.epochs", s.epochs), ("log.every", cfg.log.every),
-                       ("log.panel_every", cfg.log.panel_every),
-                       ("log.checkpoint_every", cfg.log.checkpoint_every)):
+    at_least_one = (
+        ("schedule.batch", s.batch), ("schedule.patch", s.patch),
+        ("schedule.epochs", s.epochs), ("schedule.fusion_steps", s.fusion_steps),
+        ("log.every", cfg.log.every), ("log.panel_every", cfg.log.panel_every),
+        ("log.checkpoint_every", cfg.log.checkpoint_every), ("log.keep", cfg.log.keep),
+        ("fusion.dim", cfg.fusion.dim), ("fusion.blocks", cfg.fusion.blocks),
+        ("fusion.heads", cfg.fusion.heads), ("fusion.afm_expansion", cfg.fusion.afm_expansion),
+        ("proposal.width", cfg.proposal.width), ("reconstruction.width", cfg.reconstruction.width),
+        ("val.max_pairs", cfg.val.max_pairs),
+    )
+    for key, value in at_least_one:
         if value < 1:
-            raise UserError(f"config key '{key}' must be >= 1, got {value}")
-    if s.meta_steps < 0 or s.fusion_steps < 1:
-        raise UserError("schedule.meta_steps must be >= 0 and schedule.fusion_steps >= 1")
-    if s.warmup_steps < 0:
-        raise UserError(f"config key 'schedule.warmup_steps' must be >= 0, got {s.warmup_steps}")
-    if not 0.0 < cfg.data.meta_test_fraction < 1.0:
-        raise UserError("data.meta_test_fraction must lie strictly between 0 and 1")
+            raise bad(key, ">= 1", value)
+    at_least_zero = (
+        ("schedule.meta_steps", s.meta_steps), ("schedule.warmup_steps", s.warmup_steps),
+        ("schedule.max_steps", s.max_steps), ("data.workers", cfg.data.workers),
+        ("threads", cfg.threads),
+    )
+    for key, value in at_least_zero:
+        if value < 0:
+            raise bad(key, ">= 0", value)
+    for key, value in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
+        if not 0 <= value < 2**63:
+            raise bad(key, "an integer from 0 to 2**63 - 1", value)
+    if cfg.val.max_side < 16:
+        raise bad("val.max_side", ">= 16 (the metrics' windows need that much)", cfg.val.max_side)
+    for key, value in (("data.meta_test_fraction", cfg.data.meta_test_fraction),):
+        if not 0.0 < value < 1.0:
+            raise bad(key, "strictly between 0 and 1", value)
+    o, m = cfg.optim, cfg.meta
+    finite_non_negative = (
+        ("optim.lr_fusion", o.lr_fusion), ("optim.lr_reconstruction", o.lr_reconstruction),
+        ("optim.lr_proposal", o.lr_proposal), ("optim.weight_decay", o.weight_decay),
+        ("meta.inner_lr_fusion", m.inner_lr_fusion),
+        ("meta.inner_lr_reconstruction", m.inner_lr_reconstruction),
+        ("loss.alpha1", cfg.loss.alpha1), ("loss.alpha2", cfg.loss.alpha2),
+    )
+    for key, value in finite_non_negative:
+        if not (math.isfinite(value) and value >= 0.0):
+            raise bad(key, "a finite number >= 0", value)
+    if not (math.isfinite(m.fd_epsilon) and m.fd_epsilon > 0.0):
+        raise bad("meta.fd_epsilon", "a finite number > 0", m.fd_epsilon)
+    for i, beta in enumerate(o.betas):
+        if not 0.0 <= beta < 1.0:
+            raise bad(f"optim.betas[{i}]", "in [0, 1)", beta)
+    if not (math.isfinite(cfg.fusion.ffn_expansion)
+            and int(cfg.fusion.dim * cfg.fusion.ffn_expansion) >= 1):
+        raise bad("fusion.ffn_expansion", "a number > 0 (dim x expansion >= 1 channel)",
+                  cfg.fusion.ffn_expansion)
     if cfg.fusion.dim % cfg.fusion.heads:
-        raise UserError("fusion.heads must divide fusion.dim")
+        raise UserError(f"config key 'fusion.heads' ({cfg.fusion.heads}) must divide "
+                        f"fusion.dim ({cfg.fusion.dim})")
+    for key, dil in (("proposal.dilations", cfg.proposal.dilations),
+                     ("reconstruction.dilations", cfg.reconstruction.dilations)):
+        if not dil or min(dil) < 1:
+            raise bad(key, "a non-empty list of integers >= 1", list(dil))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise bad("device", "auto, cpu, cuda or cuda:N", cfg.device)
+    _validate_val(cfg.val)
+
+
+def _validate_val(v: ValConfig) -> None:
+    """Metric names now, not after the first epoch of training."""
+    from refusion.metrics.conventions import canonical_metric
+
+    if not v.metrics:
+        raise UserError("config key 'val.metrics' must name at least one metric")
+    names = []
+    for m in v.metrics:
+        try:
+            names.append(canonical_metric(m))
+        except KeyError as exc:
+            raise UserError(f"config key 'val.metrics': {exc.args[0]}") from None
+    try:
+        best = canonical_metric(v.best)
+    except KeyError as exc:
+        raise UserError(f"config key 'val.best': {exc.args[0]}") from None
+    if best not in names:
+        raise UserError(f"config key 'val.best' ({v.best}) must be one of val.metrics "
+                        f"({', '.join(v.metrics)}): no best checkpoint could be kept otherwise")
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:

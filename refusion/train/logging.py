@@ -8,6 +8,7 @@ resumed step are dropped first, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -29,9 +30,15 @@ class ScalarLog:
     def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None) -> None:
         self.path = run_dir / "metrics.csv"
         self.val_path = run_dir / "validation.csv"
-        if resume_step is not None:
+        if resume_step is None:  # a new run: nothing of an earlier attempt in this folder
             for p in (self.path, self.val_path):
-                _truncate_after(p, resume_step)
+                p.unlink(missing_ok=True)
+        else:
+            # a row of metrics.csv is numbered by the step it logs (0-based), so the rows a
+            # checkpoint at step S covers are those below S; validation.csv rows are
+            # numbered by the step count when they were taken, S included
+            _truncate_after(self.path, resume_step - 1)
+            _truncate_after(self.val_path, resume_step)
         self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._w = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
         if self._fh.tell() == 0:
@@ -55,12 +62,31 @@ class ScalarLog:
                     self.tb.add_scalar(f"train/{k}", v, step)
 
     def validation(self, step: int, epoch: int, values: dict[str, float]) -> None:
-        new = not self.val_path.exists() or self.val_path.stat().st_size == 0
-        with open(self.val_path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(["step", "epoch", *values])
-            w.writerow([step, epoch, *(_fmt(v) for v in values.values())])
+        row = {"step": step, "epoch": epoch, **{k: _fmt(v) for k, v in values.items()}}
+        header = list(row)
+        old: list[dict] = []
+        if self.val_path.exists() and self.val_path.stat().st_size:
+            with open(self.val_path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                before = list(reader.fieldnames or [])
+                old = list(reader)
+            if before == header:
+                old = []  # same columns: append below
+            else:  # val.metrics changed on resume: one header for all rows, blanks elsewhere
+                header = before + [k for k in header if k not in before]
+        if old:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+            w.writeheader()
+            w.writerows([*old, row])
+            atomic_write_text(self.val_path, buf.getvalue())
+        else:
+            new = not self.val_path.exists() or self.val_path.stat().st_size == 0
+            with open(self.val_path, "a", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
+                if new:
+                    w.writeheader()
+                w.writerow(row)
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(f"val/{k}", v, step)

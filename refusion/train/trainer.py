@@ -21,7 +21,9 @@ as the uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import pickle
 import signal
 import sys
@@ -42,6 +44,7 @@ from refusion.checkpoint import (
 )
 from refusion.config import to_dict
 from refusion.errors import UserError
+from refusion.metrics.conventions import canonical_metric
 from refusion.models import FusionNet, ProposalNet, ReconstructionNet, fixed_weights
 from refusion.train import distributed as D
 from refusion.train import meta
@@ -148,6 +151,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                  quiet: bool = False) -> None:
+        # data paths as absolute ones: config.yaml must resume from any working directory
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{
+            k: os.path.abspath(v) for k in ("root", "a", "b", "val")
+            if (v := getattr(cfg.data, k))}))
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -224,7 +231,10 @@ class Trainer:
                    f"{len(self.meta_test)} meta-testing)")
         self.val_pairs = []
         if d.val:
-            vscan = discover_pairs(d.val)
+            try:
+                vscan = discover_pairs(d.val)
+            except UserError as exc:
+                raise UserError(f"validation data (--val, data.val): {exc}") from None
             vscan.pairs = vscan.pairs[: self.cfg.val.max_pairs]
             self.val_pairs = check_and_load(vscan, d.on_error, "validation", progress=show)
 
@@ -290,8 +300,20 @@ class Trainer:
         if "cuda" in blob["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
         self.best = blob.get("best") or None
+        if self.best and self.best.get("metric") != canonical_metric(self.cfg.val.best):
+            # a best kept for another metric cannot be compared with this one's values
+            self._note(f"val.best is now {self.cfg.val.best} (was {self.best.get('metric')}): "
+                       "best.safetensors is replaced at the next validation")
+            self.best = None
         self.step = step
-        self._note(f"resuming {self.run_dir} at step {step}")
+        if step > self.total:
+            raise UserError(f"{self.run_dir} is at step {step}, past the {self.total} steps "
+                            "this configuration asks for (schedule.max_steps, schedule.epochs)")
+        if step == self.total:
+            self._note(f"{self.run_dir} is already complete at step {step}; nothing to do "
+                       "(give a larger schedule.epochs or schedule.max_steps to go on)")
+        else:
+            self._note(f"resuming {self.run_dir} at step {step}")
 
     # -------------------------------------------------------------- one step
     def _meta_step(self, batch: dict) -> dict:
@@ -343,12 +365,13 @@ class Trainer:
     def _guard(self, finite: bool, phase: str) -> None:
         if D.any_flag(not finite, self.dist, self.device):
             found = latest_checkpoint(self.run_dir)
-            where = (f"the last good checkpoint is {found[1]} (step {found[0]})" if found
-                     else "no checkpoint was written yet")
+            where = (f"the last good checkpoint is {found[1]} (step {found[0]}; resume with "
+                     f"--resume {self.run_dir}, e.g. with a lower learning rate)" if found
+                     else "no checkpoint was written yet (start again with the same --out, "
+                     "e.g. with a lower learning rate)")
             raise TrainingDiverged(
                 f"loss became NaN/inf at step {self.step} ({phase} step, epoch "
-                f"{self.schedule.epoch(self.step)}); stopped without saving; {where} "
-                f"(resume with --resume {self.run_dir}, e.g. with a lower learning rate)"
+                f"{self.schedule.epoch(self.step)}); stopped without saving; {where}"
             )
 
     @torch.no_grad()
@@ -391,7 +414,7 @@ class Trainer:
         epoch = self.schedule.epoch(self.step - 1)
         if log is not None:
             log.validation(self.step, epoch, vals)
-        key = self.cfg.val.best
+        key = canonical_metric(self.cfg.val.best)  # ``qabf`` names the ``Qabf`` column
         if key in vals and math.isfinite(vals[key]):
             sign = -1.0 if key in LOWER_IS_BETTER else 1.0
             if self.best is None or sign * vals[key] > sign * self.best["value"]:
@@ -432,11 +455,14 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             data, batch_size=None, sampler=range(self.step, self.total),
             num_workers=c.data.workers, collate_fn=collate_single,
+            worker_init_fn=_ignore_sigint if c.data.workers else None,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
+        # step 0: a new run (a folder without a checkpoint: what an earlier, failed attempt
+        # logged there is dropped); else the rows after this step are dropped
         log = (ScalarLog(self.run_dir, c.log.tensorboard and not self.quiet,
-                         resume_step=self.step) if self.dist.is_main else None)
+                         resume_step=self.step or None) if self.dist.is_main else None)
         old_handler = None
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -482,6 +508,12 @@ class Trainer:
             if log is not None:
                 log.close()
         return TrainResult(self.run_dir, self.step, last_saved, self.best)
+
+
+def _ignore_sigint(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's signature
+    """DataLoader workers leave Ctrl-C to the training process, which saves a checkpoint
+    (otherwise every worker would print the interrupt note, or die mid-batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _postfix(row: dict) -> dict[str, str]:
