@@ -236,8 +236,15 @@ def test_the_shared_folder_default(monkeypatch, tmp_path):
     from refusion.cli.main import parse_args
 
     monkeypatch.delenv("REFUSION_SHARED", raising=False)
-    args = parse_args(["repro", "mfif"])  # this source checkout: shared/ beside it
-    assert Path(args.data) == Path(repro_cli.__file__).resolve().parents[3] / "shared" / "data"
+    checkout = tmp_path / "project"  # a source checkout: shared/ beside it
+    (checkout / "refusion" / "cli").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    monkeypatch.setattr(repro_cli, "__file__", str(checkout / "refusion" / "cli" / "repro.py"))
+    assert Path(parse_args(["repro", "mfif"]).data) == tmp_path / "shared" / "data"
+    installed = tmp_path / "site-packages"  # an installed package: ../shared, as documented
+    (installed / "refusion" / "cli").mkdir(parents=True)
+    monkeypatch.setattr(repro_cli, "__file__", str(installed / "refusion" / "cli" / "repro.py"))
+    assert Path(parse_args(["repro", "mfif"]).data) == Path("..") / "shared" / "data"
     monkeypatch.setenv("REFUSION_SHARED", str(tmp_path))
     args = parse_args(["repro", "mfif"])
     assert (Path(args.data), Path(args.reference)) == (tmp_path / "data", tmp_path / "reference")

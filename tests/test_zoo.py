@@ -253,7 +253,7 @@ def test_export_default_weights_of_task(zoo_dir, tmp_path, capsys):
 
     torch.set_num_threads(1)
     out = tmp_path / "ivif.onnx"
-    assert export_main(["--task", "ivif", "-o", str(out), "--no-check", "-q"]) == 0
+    assert export_main(["--task", "ivif", "-o", str(out), "--no-check"]) == 0
     meta = read_onnx_metadata(out)
     assert meta["task"] == "ivif" and meta["weights_name"] == "ivif"
     assert "weights ivif" in capsys.readouterr().err

@@ -145,11 +145,12 @@ class LoadedPair:
 
 
 def check_and_load(scan: PairScan, on_error: str, what: str = "training",
-                   progress: bool = False) -> list[LoadedPair]:
+                   progress: bool = False, report: bool = True) -> list[LoadedPair]:
     """Decode every pair once; report unreadable or mismatched pairs by name.
 
     Returns the good pairs (decoded lumas kept in memory). ``on_error='fail'`` turns any problem
-    into one :class:`UserError`; ``'skip'`` prints them to stderr and goes on.
+    into one :class:`UserError`; ``'skip'`` prints them to stderr (when ``report``: one process
+    of a torchrun group says it for all) and goes on.
     """
     problems = list(scan.problems)
     good: list[LoadedPair] = []
@@ -176,8 +177,9 @@ def check_and_load(scan: PairScan, on_error: str, what: str = "training",
                                           else "")
         if on_error == "fail":
             raise UserError(f"{len(problems)} problem(s) in the {what} data: {head}")
-        print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s): {head}",
-              file=sys.stderr)
+        if report:
+            print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s): "
+                  f"{head}", file=sys.stderr)
     if not good:
         raise UserError(f"no usable {what} pairs")
     return good

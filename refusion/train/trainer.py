@@ -224,7 +224,8 @@ class Trainer:
         d = self.cfg.data
         show = not self.quiet and self.dist.is_main and self.cfg.log.progress
         scan = discover_pairs(d.root, d.a or None, d.b or None)
-        self.pairs = check_and_load(scan, d.on_error, "training", progress=show)
+        self.pairs = check_and_load(scan, d.on_error, "training", progress=show,
+                                    report=self.dist.is_main)
         self.meta_train, self.meta_test = split_meta(len(self.pairs), d.meta_test_fraction,
                                                      d.split_seed)
         self._note(f"{len(self.pairs)} training pairs ({len(self.meta_train)} meta-training, "
@@ -236,7 +237,8 @@ class Trainer:
             except UserError as exc:
                 raise UserError(f"validation data (--val, data.val): {exc}") from None
             vscan.pairs = vscan.pairs[: self.cfg.val.max_pairs]
-            self.val_pairs = check_and_load(vscan, d.on_error, "validation", progress=show)
+            self.val_pairs = check_and_load(vscan, d.on_error, "validation", progress=show,
+                                            report=self.dist.is_main)
 
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path:
