@@ -500,3 +500,23 @@ def test_images_off_the_0_255_scale_are_warned_about(triplet):
     img = (f / 255).astype(np.float32)
     assert np.abs(M.to_grey255(img) - np.round(img * 255.0)).max() == 0
     assert M.to_grey255(img * 255).max() == pytest.approx(np.round(f.max()))  # 0..255 floats
+
+
+_LOW_LEVEL = {"SF": "sf", "AG": "ag", "Nabf": "nabf", "EN": "en", "MI": "mi", "FMI": "fmi",
+              "Q_CB": "q_cb", "MSE": "mse", "PSNR": "psnr", "SSIM": "ssim",
+              "MS_SSIM": "ms_ssim", "Q_Y": "q_y"}
+
+
+@pytest.mark.parametrize("metric", sorted(_LOW_LEVEL))
+def test_functions_take_every_convention_name_compute_takes(metric):
+    from refusion.metrics.conventions import METRICS
+
+    rng = np.random.default_rng(3)
+    a, b, f = (rng.integers(0, 256, (176, 176)).astype(np.float64) for _ in range(3))
+    fn = getattr(M, _LOW_LEVEL[metric])
+    single = metric in ("SF", "AG", "EN")
+    for name in METRICS[metric].conventions:  # toolbox tags and aliases included
+        got = fn(f, name) if single else fn(a, b, f, name)
+        assert got == pytest.approx(M.compute(metric, a, b, f, name), nan_ok=True), name
+    with pytest.raises(ValueError, match="unknown"):
+        fn(f, "nope") if single else fn(a, b, f, "nope")

@@ -97,6 +97,31 @@ def resolve(metric: str, convention: str | None) -> str:
     return spec.conventions[convention]
 
 
+def accepts_aliases(metric: str):
+    """Decorator: the function's ``convention`` argument may be any name :func:`compute`
+    accepts (a toolbox tag such as ``tang`` or ``vifb``), not only the implementation's own;
+    an unknown name reaches the function, which rejects it."""
+    import contextlib
+    import functools
+    import inspect
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            conv = bound.arguments.get("convention")
+            if conv is not None:
+                with contextlib.suppress(KeyError):  # the function names the bad one
+                    bound.arguments["convention"] = resolve(metric, conv)
+            return fn(*bound.args, **bound.kwargs)
+
+        return inner
+
+    return wrap
+
+
 def parse_convention_spec(spec: str | None, metrics: list[str]) -> dict[str, str]:
     """Turn ``--convention`` text into {metric: implementation convention}.
 

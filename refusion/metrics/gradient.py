@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 
 from ._common import as_image, as_triplet, degenerate
+from .conventions import accepts_aliases
 
 
+@accepts_aliases("SF")
 def sf(f: np.ndarray, convention: str = "cddfuse") -> float:
     """Spatial frequency sqrt(RF^2 + CF^2) from horizontal and vertical differences.
 
@@ -44,6 +46,7 @@ def _matlab_gradient(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
+@accepts_aliases("AG")
 def ag(f: np.ndarray, convention: str = "cddfuse") -> float:
     """Average gradient: g = sqrt((gx^2 + gy^2)/2) with MATLAB ``gradient`` differences.
 
@@ -148,6 +151,7 @@ def _nabf_kumar(fused: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> float:
     return float(np.sum(na * ((1 - qa) * wa + (1 - qb) * wb)) / np.sum(wa + wb))
 
 
+@accepts_aliases("Nabf")
 def nabf(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "vifb_cbf") -> float:
     """Fusion artefacts Nabf, Shreyamsha Kumar's modification of Petrovic (lower is better).
 

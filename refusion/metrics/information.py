@@ -18,8 +18,10 @@ from ._common import (
     to_uint8_matlab,
     to_uint8_round_even,
 )
+from .conventions import accepts_aliases
 
 
+@accepts_aliases("EN")
 def en(f: np.ndarray, convention: str = "cddfuse") -> float:
     """Shannon entropy (bits) of the 256-bin grey-level histogram; 0 for a constant image.
 
@@ -52,6 +54,7 @@ def _mi_pair(x: np.ndarray, f: np.ndarray, saturate_joint: bool) -> float:
     return hx + hf - entropy_bits(joint)
 
 
+@accepts_aliases("MI")
 def mi(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse") -> float:
     """Mutual information I(A;F) + I(B;F) (a **sum**) from 256-bin histograms.
 
@@ -298,6 +301,7 @@ def _fmi_band(fa: np.ndarray, fb: np.ndarray, ff: np.ndarray, r0: int, r1: int) 
     return float(np.where(eq_a, 1.0, va).sum() + np.where(eq_b, 1.0, vb).sum()) / 2
 
 
+@accepts_aliases("FMI")
 def fmi(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "pixel") -> float:
     """Feature mutual information (Haghighat fast-FMI, 3x3 windows), mean of the two pairs.
 

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import fft
 
 from ._common import as_triplet, degenerate, filter_same, filter_valid, gauss1d, normalize1
+from .conventions import accepts_aliases
 
 _EPS = 1e-10
 _SIGMA_NSQ = 2.0
@@ -97,6 +98,7 @@ def _local_contrast(im: np.ndarray, g2: np.ndarray, g4: np.ndarray) -> np.ndarra
         return c2 * c / (c2 + 1e-4)
 
 
+@accepts_aliases("Q_CB")
 def q_cb(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "vifb") -> float:
     """Chen & Blum (2009) perceptual fusion quality Q_CB (VIFB = MEFB = Liu ``metricChenBlum``).
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import as_image, as_triplet, degenerate
+from .conventions import accepts_aliases
 
 
 def sd(f: np.ndarray) -> float:
@@ -64,6 +65,7 @@ def _vifb_mse(x: np.ndarray, f: np.ndarray) -> float:
     return float(np.sqrt(np.sum((x - f) ** 2)) / x.size)
 
 
+@accepts_aliases("MSE")
 def mse(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse") -> float:
     """Mean squared error, the **mean** over the two sources.
 
@@ -82,6 +84,7 @@ def mse(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse"
     raise ValueError(f"unknown MSE convention {convention!r}")
 
 
+@accepts_aliases("PSNR")
 def psnr(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse") -> float:
     """Peak signal-to-noise ratio in dB against both sources.
 

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._common import as_triplet, degenerate, filter_same, filter_valid, gauss1d
+from .conventions import accepts_aliases
 
 _MS_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 
@@ -97,6 +98,7 @@ def _ssim_matlab_emul(srcs, f) -> list[float]:
     return [float(s.mean()) for s, _ in maps]
 
 
+@accepts_aliases("SSIM")
 def ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "cddfuse") -> float:
     """SSIM of each source with F, combined by sum or mean.
 
@@ -183,6 +185,7 @@ def _ms_ssim_wang(srcs, f) -> list[float | None]:
     return out
 
 
+@accepts_aliases("MS_SSIM")
 def ms_ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray,
             convention: str = "pytorch_msssim_mean") -> float:
     """Multi-scale SSIM (5 scales) of each source with F, combined by sum or mean.
@@ -229,6 +232,7 @@ def _yang_maps(a, b, f, w1d):
         return smap("a", a, "b", b), smap("a", a, "f", f), smap("b", b, "f", f), var["a"], var["b"]
 
 
+@accepts_aliases("Q_Y")
 def q_y(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "mefb") -> float:
     """Yang et al. (2008) SSIM-based fusion quality Q_Y (7x7 Gaussian, 'valid', C = 2e-16).
 
