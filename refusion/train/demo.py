@@ -63,7 +63,7 @@ class DemoBudget:
 
 BUDGETS = {
     "mfif": DemoBudget(per_photo=1, epochs=1, meta_steps=80, fusion_steps=220, patch=48,
-                       warmup=300, freeze_r=True, both_orders=True, lr_proposal=3e-3),
+                       warmup=300, freeze_r=True, both_orders=True, lr_proposal=2e-3),
     "meif": DemoBudget(),
 }
 
