@@ -340,6 +340,11 @@ def test_config_takes_a_shipped_recipe_by_name_from_anywhere(tmp_path, monkeypat
 def test_resume_with_a_broken_saved_config_is_one_line(tmp_path, capsys):
     from refusion.cli.train import main
 
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(SystemExit):
+        main(["--resume", str(tmp_path)])
+    assert f"{tmp_path / 'config.yaml'} is empty" in capsys.readouterr().err
+
     (tmp_path / "config.yaml").write_text("schedule: {batch: 4\n")
     with pytest.raises(SystemExit):
         main(["--resume", str(tmp_path)])

@@ -101,6 +101,9 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     if not path.is_file():
         raise UserError(f"{run_dir} is not a refusion-train run folder (no config.yaml)")
     data = read_yaml_mapping(path)
+    if not data:  # a truncated or emptied file: say so, not "no training data"
+        raise UserError(f"{path} is empty: the run's settings are lost (start a new run, or "
+                        "restore config.yaml)")
     return config_from_dict(apply_overrides(data, overrides))
 
 
