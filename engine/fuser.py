@@ -64,8 +64,8 @@ class Fuser:
             :func:`refusion.engine.create_backend`.
 
     Shape:
-        - ``a``, ``b``: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float32 (0..255, or
-          0..1: float data within 0..1 is scaled by 255);
+        - ``a``, ``b``: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float32 (0..255;
+          a float image file within 0..1 is scaled by 255 when read);
           the two sources of a pair have the same ``H, W``.
         - output: ``(H, W)`` uint8, or ``(H, W, 3)`` BGR uint8 when a source has colour.
     """

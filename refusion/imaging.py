@@ -51,6 +51,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = img[:, :, 0]
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise UserError(f"unsupported pixel type {img.dtype} in {p}")
+    if img.dtype == np.float32 and img.size and img.min() >= 0.0 and img.max() <= 1.0:
+        # a float file (TIFF) within 0..1 follows the usual float convention: scale it to
+        # 0..255 here, where the data enters (arrays already mapped to 0..255 by the video
+        # path's 16-bit range tracking may lie within 0..1 too, and must stay as they are)
+        img = img * np.float32(255.0)
     return img
 
 
@@ -63,16 +68,13 @@ def is_gray(img: np.ndarray) -> bool:
 
 
 def to_float255(img: np.ndarray) -> np.ndarray:
-    """Pixel values as float32 on the 0..255 scale: 16-bit divided by 257; float data
-    (float TIFFs) within 0..1, the usual float convention, multiplied by 255, else kept."""
+    """Pixel values as float32 on the 0..255 scale (16-bit divided by 257, float kept: a
+    float file within 0..1 was already scaled by :func:`read_image`)."""
     if img.dtype == np.uint8:
         return img.astype(np.float32)
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 257.0
-    out = img.astype(np.float32)
-    if out.size and float(out.min()) >= 0.0 and float(out.max()) <= 1.0:
-        out *= 255.0
-    return out
+    return img.astype(np.float32)
 
 
 def split_luma(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -147,7 +149,7 @@ class RangeTracker:
 
 def to_display255(img: np.ndarray, tracker: RangeTracker | None = None) -> np.ndarray:
     """Any supported input as float32 on 0..255: 8-bit as is, 16-bit by robust percentiles
-    (through ``tracker`` when given, for temporal smoothing), float as :func:`to_float255`."""
+    (through ``tracker`` when given, for temporal smoothing), float kept."""
     if img.dtype == np.uint16:
         if tracker is None:
             return map_range(img, *robust_bounds(img))

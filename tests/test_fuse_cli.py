@@ -196,7 +196,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
 
 
 def test_threads_default_to_omp_num_threads_and_follow_the_option(pair_files, ckpt, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, capsys):
     import torch
     from refusion.engine.base import default_threads, physical_cores
 
@@ -216,3 +216,4 @@ def test_threads_default_to_omp_num_threads_and_follow_the_option(pair_files, ck
     with pytest.raises(SystemExit):
         main([str(a), str(b), "-o", str(tmp_path / "g.png"), "--weights", str(ckpt),
               "--backend", "tensorrt", "--threads", "2"])
+    assert "--threads is for the CPU backends" in capsys.readouterr().err

@@ -91,15 +91,33 @@ def test_image_extensions_are_checked_before_writing(tmp_path):
 def test_float_images_within_0_1_are_scaled_like_8_bit_ones(tmp_path):
     import cv2
 
-    from refusion.imaging import to_float255
+    from refusion.imaging import read_image, to_float255
     from refusion.train.data import load_luma
 
     grey = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
     unit = grey.astype(np.float32) / 255.0
-    assert np.allclose(to_float255(unit), grey, atol=1e-4)  # 0..1 floats: the usual convention
-    assert np.array_equal(to_float255(grey.astype(np.float32)), grey)  # 0..255 floats kept
+    # arrays are taken as given (the video path maps 16-bit frames onto 0..255 first, and a
+    # dark frame may then lie within 0..1): only files follow the 0..1 float convention
+    assert np.array_equal(to_float255(unit), unit)
     tif = tmp_path / "unit.tif"  # a float TIFF as most tools write one
     assert cv2.imwrite(str(tif), unit)
     png = tmp_path / "grey.png"
     cv2.imwrite(str(png), grey)
+    assert np.allclose(read_image(tif), grey, atol=1e-4)
     assert np.allclose(load_luma(tif), load_luma(png), atol=1e-6)  # the trainer reads it whole
+    big = tmp_path / "big.tif"  # a float file on 0..255 stays so
+    assert cv2.imwrite(str(big), grey.astype(np.float32))
+    assert np.array_equal(read_image(big), grey)
+
+
+def test_a_dark_16bit_frame_after_a_bright_scene_stays_dark():
+    # the smoothed bounds still hold the bright range, so the dark frame maps to values within
+    # 0..1 on the 0..255 scale: they must reach the network as such, not be scaled by 255
+    rng = np.random.default_rng(0)
+    pre = FramePreprocessor()
+    vis = np.full((64, 64), 128, np.uint8)
+    for _ in range(3):
+        pre.pre(rng.integers(0, 60000, (64, 64)).astype(np.uint16), vis)
+    lo, _ = pre.trackers[0].bounds
+    dark = (lo + 50 + rng.integers(0, 150, (64, 64))).astype(np.uint16)
+    assert pre.pre(dark, vis).a.max() < 0.01

@@ -492,6 +492,13 @@ def test_images_off_the_0_255_scale_are_warned_about(triplet):
     with pytest.warns(M.InputRangeWarning, match="within 0..1.*multiply by 255"):
         en01 = M.compute("EN", a / 255, b / 255, f / 255)
     assert en01 < 1.5 < M.compute("EN", a, b, f)  # what the warning is for: a wrong scale
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        M.compute_suite(a / 255, b / 255, f / 255, ["EN", "SSIM", "Qabf"])
+        M.ssim(a / 255, b / 255, f / 255)  # through the convention wrapper
+    ranged = [w for w in caught if w.category is M.InputRangeWarning]
+    assert len(ranged) == 2  # once per call, not once per metric
+    assert all(w.filename == __file__ for w in ranged)  # pointing at the caller's line
     with pytest.warns(M.InputRangeWarning, match="outside the 0..255 scale"):
         M.compute("SD", a, b, f * 257)  # 16-bit data not scaled
     with pytest.warns(M.InputRangeWarning, match="within 0..1"):

@@ -208,6 +208,9 @@ def test_the_verdict_says_a_loss_plainly():
                     "fixed": {"EN": (5.0, 0), "SD": (5.0, 0)}, "average": {"EN": (4.0, 0),
                                                                    "SD": (6.0, 0)}}
 
+        def defined(self, method, metric):
+            return frozenset({"p1", "p2"})
+
     assert _verdict(_Scores(6.0)) == (
         "The learnt loss beats the fixed loss (W = V = 1/2) on 2 of 2 metrics (EN, SD). "
         "Against plain average the learnt model is ahead on 1 of 2 metrics.")
@@ -248,3 +251,17 @@ def test_the_shared_folder_default(monkeypatch, tmp_path):
     monkeypatch.setenv("REFUSION_SHARED", str(tmp_path))
     args = parse_args(["repro", "mfif"])
     assert (Path(args.data), Path(args.reference)) == (tmp_path / "data", tmp_path / "reference")
+
+
+def test_the_verdict_compares_only_means_over_the_same_pairs():
+    from refusion.repro.report import Scores
+    from refusion.repro.run import _verdict
+
+    nan = float("nan")
+    scores = Scores("mfif", ("EN", "SCD"), {
+        "learned": {"p1": {"EN": 7.0, "SCD": 1.0}, "p2": {"EN": 7.0, "SCD": 1.2}},
+        "fixed": {"p1": {"EN": 6.0, "SCD": 1.5}, "p2": {"EN": 6.0, "SCD": nan}},
+    })
+    assert _verdict(scores) == (
+        "The learnt loss beats the fixed loss (W = V = 1/2) on 1 of 1 metrics (EN). Not "
+        "compared: SCD (undefined on some test pairs for one of the two).")

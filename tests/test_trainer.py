@@ -330,11 +330,13 @@ def test_config_takes_a_shipped_recipe_by_name_from_anywhere(tmp_path, monkeypat
     shipped = read_yaml_mapping(recipe_file("mfif", "cpu"))
     assert printed["schedule"]["meta_steps"] == shipped["schedule"]["meta_steps"]
     assert printed["optim"]["lr_fusion"] == shipped["optim"]["lr_fusion"]
-    with pytest.raises(SystemExit):
-        main(["--task", "mfif", "--config", "nosuch", "--print-config"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--config nosuch: no such file and no shipped recipe" in err[0]
-    assert "tiny" in err[0]
+    for missing in ("nosuch", "experiments/cpu.yaml", "/nonexistent/tiny.yaml"):
+        # a mistyped path of one's own file never falls back to a shipped recipe
+        with pytest.raises(SystemExit):
+            main(["--task", "mfif", "--config", missing, "--print-config"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--config {missing}: no such file" in err[0], err
+        assert "tiny" in err[0]
 
 
 def test_resume_with_a_broken_saved_config_is_one_line(tmp_path, capsys):
@@ -456,6 +458,24 @@ def test_resume_with_new_validation_settings(mf_data, tmp_path):
     assert rows[0]["MSE"] and not rows[0]["SF"] and rows[1]["SF"] and not rows[1]["MSE"]
 
 
+def test_new_validation_metrics_when_no_validation_row_survives_the_resume(mf_data, tmp_path):
+    # killed after the validation at 5 but with checkpoint 3 the newest: the file keeps only its
+    # header, and the resumed run adds a metric
+    import csv
+
+    run = tmp_path / "run"
+    val = [f"data.val={mf_data}", "log.keep=5"]
+    Trainer(_cfg(mf_data, *val, "val.metrics=[EN,SD]", "val.best=SD"), run, quiet=True).fit()
+    (run / "checkpoints" / "latest").write_text("3\n")
+    cfg = _cfg(mf_data, *val, "val.metrics=[EN,SD,SF]", "val.best=SF")
+    Trainer(cfg, run, resume=True, quiet=True).fit()
+    (run / "checkpoints" / "latest").write_text("3\n")  # and once more: the file still reads
+    Trainer(cfg, run, resume=True, quiet=True).fit()
+    rows = list(csv.DictReader((run / "validation.csv").open()))
+    assert [r["step"] for r in rows] == ["5", "10"] and None not in rows[0]
+    assert list(rows[0]) == ["step", "epoch", "EN", "SD", "SF"] and rows[1]["SF"]
+
+
 def test_a_run_resumes_from_any_working_directory(mf_data, tmp_path, monkeypatch):
     import yaml
 
@@ -520,3 +540,23 @@ def test_a_failed_first_attempt_leaves_nothing_in_the_rerun(mf_data, tmp_path, m
 
 def _nan_fusion_step(self, batch):
     self._guard(False, "fusion")
+
+
+def test_a_stop_during_the_last_step_still_ends_with_final(mf_data, tmp_path, capsys):
+    from refusion.cli.train import main
+
+    run = tmp_path / "run"
+    tr = Trainer(_cfg(mf_data), run, quiet=True)
+
+    def stop_at_the_end(trainer, row):
+        if trainer.step == trainer.total:
+            trainer.request_stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(on_step=stop_at_the_end)
+    final = run / "final.safetensors"
+    assert read_checkpoint(final).step == 10
+    final.unlink()  # as an older version left it: resuming the complete run writes it
+    assert main(["--resume", str(run)]) == 0
+    assert read_checkpoint(final).step == 10
+    assert "already complete at step 10" in capsys.readouterr().err

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task whose shipped learnt weights are used without --weights "
                    "(default ivif)")
     add_backend_options(p, BACKENDS)
-    p.add_argument("--max-frames", type=int, help="stop after N output frames")
+    p.add_argument("--max-frames", type=int,
+                   help="stop after N fused frames (a camera run's file also holds the "
+                   "repeats that re-timing adds)")
     p.add_argument("--no-retime", action="store_true",
                    help="with cameras: write every fused frame once at the nominal rate (the "
                    "file then plays faster than real time where frames were dropped); by "

@@ -11,6 +11,9 @@ raises and never substitutes 0 or 1. Well-defined limits stay finite: EN of a co
 
 from __future__ import annotations
 
+import contextvars
+import os
+import sys
 import warnings
 
 import cv2
@@ -25,20 +28,39 @@ class InputRangeWarning(UserWarning):
     """The images do not look like the 0..255 scale the metrics expect (e.g. 0..1 floats)."""
 
 
+#: set while :func:`refusion.metrics.compute_suite` (or ``compute``) runs the metrics of a
+#: triplet it has checked already: one warning per call, not one per metric
+RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("range_checked",
+                                                                     default=False)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package (the user's call), however
+    many wrappers lie between."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) \
+            == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def check_range(*images: np.ndarray) -> None:
     """Warn when the images, taken together, are not on the 0..255 scale: all within 0..1
     (floats straight from a network: every metric would be on the wrong scale, EN near 0) or
-    beyond 0..255 (16-bit data not scaled)."""
+    beyond 0..255 (16-bit data not scaled). The warning points at the user's call."""
+    if RANGE_CHECKED.get():
+        return
     lo = min(float(x.min()) for x in images)
     hi = max(float(x.max()) for x in images)
     if 0.0 < hi <= 1.0 and lo >= 0.0:
         warnings.warn("the images are all within 0..1, but the metrics expect the 0..255 "
                       "scale (multiply by 255); computed as given", InputRangeWarning,
-                      stacklevel=4)
+                      stacklevel=_caller_stacklevel())
     elif lo < 0.0 or hi > 255.0:
         warnings.warn(f"values from {lo:g} to {hi:g} are outside the 0..255 scale the "
                       "metrics expect (16-bit data: scale by 255/65535); computed as given",
-                      InputRangeWarning, stacklevel=4)
+                      InputRangeWarning, stacklevel=_caller_stacklevel())
 
 
 def degenerate(metric: str, reason: str) -> float:

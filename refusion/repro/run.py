@@ -213,23 +213,40 @@ NOTES = {
 
 
 def _verdict(scores: Scores) -> str:
+    """Learnt against fixed loss (and the baselines), metric by metric, comparing means only
+    where both are over the same pairs (a metric undefined on some pairs for one method only
+    is named apart, as the table leaves its column unbolded)."""
     summ = scores.summary()
     if "learned" not in summ or "fixed" not in summ:
         return ""
-    wins = [m for m in scores.metrics if summ["learned"][m][0] > summ["fixed"][m][0]]
-    losses = [m for m in scores.metrics if m not in wins]
+
+    def split(other: str) -> tuple[list[str], list[str], list[str]]:
+        same = [m for m in scores.metrics
+                if scores.defined("learned", m) == scores.defined(other, m)
+                and scores.defined("learned", m)]
+        ahead = [m for m in same if summ["learned"][m][0] > summ[other][m][0]]
+        return ahead, [m for m in same if m not in ahead], [m for m in scores.metrics
+                                                            if m not in same]
+
+    wins, losses, apart = split("fixed")
+    n = len(wins) + len(losses)
     if wins:
         text = (f"The learnt loss beats the fixed loss (W = V = 1/2) on {len(wins)} of "
-                f"{len(scores.metrics)} metrics ({', '.join(wins)})")
+                f"{n} metrics ({', '.join(wins)})")
         text += f"; the fixed loss is ahead on {', '.join(losses)}." if losses else "."
-    else:  # said plainly: "beats ... on 0 of 6" reads like a win
+    elif n:  # said plainly: "beats ... on 0 of 6" reads like a win
         text = (f"The learnt loss does not beat the fixed loss (W = V = 1/2) on any of the "
-                f"{len(scores.metrics)} metrics; the fixed loss is ahead on all of them.")
+                f"{n} metrics; the fixed loss is ahead on all of them.")
+    else:
+        text = "The learnt and the fixed loss cannot be compared on these metrics."
+    if apart:
+        text += (f" Not compared: {', '.join(apart)} (undefined on some test pairs for one of "
+                 "the two).")
     for base in ("average", "maximum"):
         if base in summ:
-            ahead = [m for m in scores.metrics if summ["learned"][m][0] > summ[base][m][0]]
+            ahead, behind, _ = split(base)
             text += (f" Against plain {base} the learnt model is ahead on {len(ahead)} of "
-                     f"{len(scores.metrics)} metrics.")
+                     f"{len(ahead) + len(behind)} metrics.")
     return text
 
 

@@ -167,11 +167,15 @@ def recipe_file(task: str, name: str, option: str = "--config") -> str:
     """
     from pathlib import Path
 
-    if Path(name).is_file():
+    path = Path(name)
+    if path.is_file():
         return str(name)
     folder = importlib.resources.files("refusion.configs").joinpath("recipes")
-    stem = Path(name).name.removesuffix(".yaml")
-    for cand in (f"{task}-{stem}.yaml", f"{stem}.yaml"):
+    # a bare name, or the source-tree path of a shipped recipe; any other missing path is an
+    # error (a mistyped path of the user's own file must not fall back to a shipped one)
+    shipped_path = path.parent.as_posix() in (".", "refusion/configs/recipes")
+    stem = path.name.removesuffix(".yaml")
+    for cand in (f"{task}-{stem}.yaml", f"{stem}.yaml") if shipped_path else ():
         res = folder.joinpath(cand)
         if res.is_file():
             return str(res)

@@ -64,17 +64,18 @@ class ScalarLog:
     def validation(self, step: int, epoch: int, values: dict[str, float]) -> None:
         row = {"step": step, "epoch": epoch, **{k: _fmt(v) for k, v in values.items()}}
         header = list(row)
-        old: list[dict] = []
+        old: list[dict] | None = None  # rows to rewrite under a merged header
         if self.val_path.exists() and self.val_path.stat().st_size:
             with open(self.val_path, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 before = list(reader.fieldnames or [])
-                old = list(reader)
-            if before == header:
-                old = []  # same columns: append below
-            else:  # val.metrics changed on resume: one header for all rows, blanks elsewhere
+                rows = list(reader)
+            if before != header:
+                # val.metrics changed on resume: one header for all rows, blanks elsewhere
+                # (rewritten even when no row is left, so that the header always fits)
                 header = before + [k for k in header if k not in before]
-        if old:
+                old = rows
+        if old is not None:
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
             w.writeheader()

@@ -265,6 +265,15 @@ class Trainer:
         D.barrier(self.dist)
         return weights
 
+    def _write_final(self) -> None:
+        """``final.safetensors`` once the schedule is done: after its last step, and on a
+        resume of a run that was stopped after its last step but before this file."""
+        final = self.run_dir / "final.safetensors"
+        if self.dist.is_main and self.step == self.total and not (
+                final.is_file() and read_checkpoint(final).step == self.step):
+            save_checkpoint(final, self.networks, task=self.cfg.task, step=self.step,
+                            extra=self._extra())
+
     def _extra(self) -> dict:
         return {"ablation": to_dict(self.cfg.ablation), "epoch": self.schedule.epoch(self.step),
                 "seed": self.cfg.seed}
@@ -500,11 +509,10 @@ class Trainer:
                 if self.step % c.log.checkpoint_every == 0 or self.step == self.total or stop:
                     last_saved = self.save()
                 if stop:
+                    self._write_final()  # stopped during the last step: the run is complete
                     self._note(f"stopped at step {self.step}; checkpoint {last_saved}")
                     raise KeyboardInterrupt
-            if self.dist.is_main and self.step == self.total and last_saved is not None:
-                save_checkpoint(self.run_dir / "final.safetensors", self.networks,
-                                task=c.task, step=self.step, extra=self._extra())
+            self._write_final()
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
