@@ -560,3 +560,30 @@ def test_a_stop_during_the_last_step_still_ends_with_final(mf_data, tmp_path, ca
     assert main(["--resume", str(run)]) == 0
     assert read_checkpoint(final).step == 10
     assert "already complete at step 10" in capsys.readouterr().err
+
+
+def test_ctrl_c_from_a_terminal_with_loader_workers_is_handled_once(mf_data, tmp_path):
+    # a terminal's Ctrl-C reaches the whole process group, DataLoader workers included: only
+    # the training process may answer it (once), and the run must still save and stop
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "refusion.train", "--task", "mfif", "--data", str(mf_data),
+           "--out", str(run), *TINY, "schedule.epochs=400", "data.workers=2",
+           "log.checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.csv").is_file() or len(_steps(run)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err.count("interrupt: finishing this step") == 1, err
+    assert latest_checkpoint(run) is not None  # the Ctrl-C checkpoint
