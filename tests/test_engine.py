@@ -156,6 +156,20 @@ def test_cuda_requests_fail_clearly(tiny_onnx):
                                                 "no CUDA device is available")
 
 
+def test_a_cuda_provider_that_does_not_load_is_one_line(tiny_onnx, monkeypatch):
+    # onnxruntime-gpu without its CUDA/cuDNN libraries lists CUDAExecutionProvider, then only
+    # warns and builds a CPU session: the backend must say so when it starts, not at a frame
+    import onnxruntime as ort
+    from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    be = OnnxRuntimeBackend(tiny_onnx, "cuda", provider="cuda")
+    with pytest.raises(UserError, match="CUDAExecutionProvider is listed but did not load"):
+        be.activate()
+    assert not be.is_active
+
+
 def test_tensorrt_backend():
     ok, why = tensorrt_available()
     if not ok:

@@ -291,3 +291,65 @@ def test_cpu_pool_survives_fork():
     finally:
         torch.set_num_threads(old)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda r: torch.ops.refusion.gelu_mul(r(1, 1, 64, 64), r(1, 1, 1, 1)),
+    lambda r: torch.ops.refusion.gelu_mul(r(1, 1, 4, 4), r(1, 1, 4, 4).double()),
+    lambda r: torch.ops.refusion.gelu_mul_backward(r(1, 1, 2, 2), r(1, 1, 64, 64),
+                                                   r(1, 1, 64, 64)),
+    lambda r: torch.ops.refusion.sobel_xy_backward(r(1, 1, 64, 64), r(1, 1, 3, 64)),
+    lambda r: torch.ops.refusion.gelu_gate_backward(r(1, 2, 64, 64), r(1, 2, 64, 64)),
+    lambda r: torch.ops.refusion.sobel_xy(r(1, 64, 64)),
+], ids=["gelu_mul", "dtypes", "gelu_mul_backward", "sobel_backward", "gate_backward", "3d"])
+def test_ops_called_directly_reject_mismatched_operands(call):
+    # the kernels take raw pointers sized from the first operand: a smaller second one must be
+    # refused, never read past (native and reference paths alike)
+    import refusion.ops._kernels  # noqa: F401 - registers the ops
+
+    with pytest.raises(ValueError):
+        call(torch.randn)
+
+
+@pytest.mark.parametrize("name", ["gelu_gate", "sobel_grad"])
+def test_forward_mode_and_torch_func_transforms_see_the_true_derivative(name):
+    # the custom ops' autograd is reverse mode only: under jvp / forward AD / torch.func.grad
+    # the references serve (a jvp through the op used to be silently zero)
+    import torch.autograd.forward_ad as fwAD
+
+    import refusion.ops as ops
+
+    fn = getattr(ops, name)
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 9, 11, dtype=torch.float64) + 0.1
+    t = torch.randn_like(x)
+    eps = 1e-6
+    fd = (fn(x + eps * t) - fn(x - eps * t)) / (2 * eps)
+    _, tangent = torch.func.jvp(fn, (x,), (t,))
+    assert torch.allclose(tangent, fd, atol=1e-6) and fd.abs().max() > 0.1
+    with fwAD.dual_level():
+        out = fn(fwAD.make_dual(x, t))
+        assert torch.allclose(fwAD.unpack_dual(out).tangent, fd, atol=1e-6)
+    g = torch.func.grad(lambda z: (fn(z) * t[:, : fn(z).shape[1]]).sum())(x)
+    x.requires_grad_(True)
+    (want,) = torch.autograd.grad((fn(x) * t[:, : fn(x).shape[1]]).sum(), x)
+    assert torch.allclose(g, want, atol=1e-10)
+
+
+def test_gate_gradient_at_extreme_magnitudes():
+    # GELU'(a) is 1 far right and 0 far left; a clamped exp in the float kernel once made
+    # a * pdf(a) grow with |a| (GELU'(3e38) came out as 2161)
+    import refusion.ops._kernels  # noqa: F401 - registers the ops
+
+    a = torch.tensor([1e30, 1e35, 3e38, -1e35, -100.0]).view(1, 1, 1, 5)
+    one = torch.ones_like(a)
+    ga, _ = torch.ops.refusion.gelu_mul_backward(one, a, one)
+    assert ga.flatten().tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    a64 = torch.tensor([-9.0, -20.0], dtype=torch.float64).view(1, 1, 1, 2)
+    ga64, _ = torch.ops.refusion.gelu_mul_backward(torch.ones_like(a64), a64, torch.ones_like(a64))
+    # GELU'(a) = cdf(a) + a pdf(a), summed from erfc without cancellation: relative 1e-12
+    import math
+
+    want = [0.5 * math.erfc(-x / math.sqrt(2)) + x * math.exp(-0.5 * x * x)
+            / math.sqrt(2 * math.pi) for x in (-9.0, -20.0)]
+    assert ga64.flatten().tolist() == pytest.approx(want, rel=1e-12)

@@ -209,9 +209,14 @@ void sobel_bwd_impl(const T* gx, const T* gy, T* gin, i64 B, i64 C, i64 H, i64 W
 // negative tail, where 1 + erf(a / sqrt 2) cancels (torch's float32 GELU loses ~1e-6 there).
 // double uses libm: it serves gradcheck, where exactness matters more than speed.
 
-// exp(x) for x <= ~0; Cephes expf polynomial after Cody-Waite range reduction.
+// exp(x) for x <= ~0; Cephes expf polynomial after Cody-Waite range reduction. Arguments
+// below -87.3 (float's smallest normal exponent) give 0: the clamp only keeps the exponent
+// bit-shift in range, the final select makes the result exact there (without it, a * pdf(a)
+// grew with |a| past 1e30). A NaN argument is mapped to -80 before the integer conversion.
 inline float exp_neg_f32(float x) {
+  const float x0 = x;
   x = x < -80.f ? -80.f : x;
+  x = x != x ? -80.f : x;
   // Round-to-nearest through the 1.5 * 2^23 trick; needs IEEE semantics (no -ffast-math).
   const float magic = 12582912.f;
   const float n = (x * 1.44269504088896341f + magic) - magic;
@@ -227,7 +232,8 @@ inline float exp_neg_f32(float x) {
   std::memcpy(&bits, &y, sizeof(bits));
   bits += static_cast<std::int32_t>(n) * (1 << 23);
   std::memcpy(&y, &bits, sizeof(bits));
-  return y;
+  y = x0 < -87.3f ? 0.f : y;
+  return x0 != x0 ? x0 : y;
 }
 
 // erfc(z) for z >= 0.
@@ -253,7 +259,9 @@ inline float cdf(float x) {
   const float tail = 0.5f * erfc_pos_f32((x < 0.f ? -x : x) * float(kSqrt1_2));
   return x < 0.f ? tail : 1.f - tail;
 }
-inline double cdf(double x) { return 0.5 * (1.0 + std::erf(x * kSqrt1_2)); }
+// erfc, not 1 + erf: no cancellation in the negative tail (as the float path, and as CUDA's
+// normcdf), so CPU and CUDA agree there in double too
+inline double cdf(double x) { return 0.5 * std::erfc(-x * kSqrt1_2); }
 inline float pdf(float x) { return float(kInvSqrt2Pi) * exp_neg_f32(-0.5f * x * x); }
 inline double pdf(double x) { return kInvSqrt2Pi * std::exp(-0.5 * x * x); }
 

@@ -75,7 +75,8 @@ class OnnxRuntimeBackend(Backend):
         except ImportError:
             raise UserError(
                 "--backend onnxruntime needs the onnxruntime package, which is not installed: "
-                "pip install 'onnxruntime>=1.18' (or refusion[gpu] for CUDA)"
+                "pip install 'onnxruntime>=1.18' (for CUDA: pip install onnxruntime-gpu, "
+                "after pip uninstall onnxruntime, which would hide its CUDA provider)"
             ) from None
         if not self.model_path.is_file():
             raise UserError(f"ONNX model not found: {self.model_path}")
@@ -119,6 +120,17 @@ class OnnxRuntimeBackend(Backend):
             self._session = ort.InferenceSession(str(self.model_path), so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise UserError(f"cannot load ONNX model {self.model_path}: {exc}") from None
+        got = self._session.get_providers()
+        if not got or got[0] != wanted[0]:
+            # ORT only warns when a listed provider fails to load (missing CUDA or cuDNN
+            # libraries) and falls back to the CPU: say so now, not at the first frame
+            self._session = None
+            raise UserError(
+                f"--backend onnxruntime: {wanted[0]} is listed but did not load (the session "
+                f"got {', '.join(got) or 'no provider'}): check the CUDA and cuDNN libraries "
+                "that onnxruntime-gpu needs (onnxruntime.preload_dlls() can load those of an "
+                "installed torch), and that the CPU package onnxruntime is not installed beside it"
+            )
         names_in = [i.name for i in self._session.get_inputs()]
         names_out = [o.name for o in self._session.get_outputs()]
         if names_in != ["sources"] or names_out[:1] != ["fused"]:

@@ -32,9 +32,22 @@ def _has_kernels(device_type: str) -> bool:
     return mod is not None and bool(getattr(mod, f"has_{device_type}_kernels", False))
 
 
+def _transformed() -> bool:
+    """True under a ``torch.func`` transform (grad, jvp, vmap, ...) or forward-mode AD: the
+    custom ops' autograd covers reverse mode only (a jvp through them would be zero), so the
+    references, which torch differentiates in every mode, serve these calls."""
+    if torch.compiler.is_compiling():
+        return False  # dynamo handles transforms itself; do not trace these private hooks
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is not None and functorch.peek_interpreter_stack() is not None:
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 def use_native(x: torch.Tensor) -> bool:
-    """Whether a native kernel may serve ``x`` (built, not exporting, supported dtype/device)."""
-    if exporting() or x.dtype not in _NATIVE_DTYPES:
+    """Whether a native kernel may serve ``x`` (built, not exporting, not under a torch.func
+    transform or forward-mode AD, supported dtype/device)."""
+    if exporting() or x.dtype not in _NATIVE_DTYPES or _transformed():
         return False
     if x.device.type not in ("cpu", "cuda"):
         return False

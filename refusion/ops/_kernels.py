@@ -53,6 +53,22 @@ def _kernel_supports(*tensors: Tensor) -> bool:
     return all(u.device == t.device and u.dtype == t.dtype for u in tensors[1:])
 
 
+def _check_operands(*pairs: tuple[str, Tensor, tuple[int, ...]]) -> None:
+    """Each ``(name, tensor, expected shape)`` 4-D with that shape, all of one dtype and device.
+
+    The kernels take raw pointers sized from the first operand, so an op called directly
+    (``torch.ops.refusion.*``) with mismatched operands must fail here: it would otherwise read
+    past the smaller tensor. The public functions check earlier, with the same messages.
+    """
+    first = pairs[0][1]
+    for name, t, shape in pairs:
+        if t.dim() != 4 or tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+        if t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(f"{name}: expected {first.dtype} on {first.device}, got {t.dtype} "
+                             f"on {t.device}")
+
+
 def _routable(x: Tensor) -> bool:
     return use_native(x) and x.dtype in _KERNEL_DTYPES.get(x.device.type, ())
 
@@ -93,6 +109,7 @@ def _w_strides(x: Tensor) -> tuple[int, int, int]:
 @torch.library.custom_op("refusion::sobel_xy", mutates_args=())
 def sobel_xy_op(x: Tensor) -> tuple[Tensor, Tensor]:
     """Sobel responses ``(sx, sy)`` of ``x`` (B, C, H, W); contiguous outputs."""
+    _check(x)
     if not _kernel_supports(x):
         sx, sy = sobel_xy_reference(x)
         # The reference returns two views of one buffer; ops must not return aliases.
@@ -123,6 +140,8 @@ def _(x: Tensor) -> tuple[Tensor, Tensor]:
 @torch.library.custom_op("refusion::sobel_xy_backward", mutates_args=())
 def sobel_xy_backward_op(gx: Tensor, gy: Tensor) -> Tensor:
     """Transposed Sobel ``Sx^T gx + Sy^T gy`` with the replicate-border adjoint (B, C, H, W)."""
+    _check(gx)
+    _check_operands(("gx", gx, gx.shape), ("gy", gy, gx.shape))
     if not _kernel_supports(gx, gy):
         return sobel_xy_transpose_reference(gx, gy).contiguous()
     gx, gy = _unit_w_stride(gx), _unit_w_stride(gy)
@@ -191,6 +210,8 @@ def gelu_mul_backward_reference(g: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor
 @torch.library.custom_op("refusion::gelu_mul", mutates_args=())
 def gelu_mul_op(a: Tensor, b: Tensor) -> Tensor:
     """``GELU(a) * b`` (exact erf GELU) for (B, C, H, W) tensors; contiguous output."""
+    _check_pair(a, b)
+    _check_operands(("a", a, a.shape), ("b", b, a.shape))
     if not _kernel_supports(a, b):
         return gelu_mul_reference(a, b).contiguous()
     a, b = _batch_slabs(a), _batch_slabs(b)
@@ -222,6 +243,8 @@ def _(a: Tensor, b: Tensor) -> Tensor:
 @torch.library.custom_op("refusion::gelu_mul_backward", mutates_args=())
 def gelu_mul_backward_op(g: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Fused ``(g * b * GELU'(a), g * GELU(a))``; one pass instead of eager's five."""
+    _check_pair(a, b)
+    _check_operands(("a", a, a.shape), ("b", b, a.shape), ("g", g, a.shape))
     if not _kernel_supports(g, a, b):
         ga, gb = gelu_mul_backward_reference(g, a, b)
         return ga.contiguous(), gb.contiguous()
@@ -387,6 +410,7 @@ def gelu_gate_backward_op(g: Tensor, x: Tensor) -> Tensor:
     (channels-last or NCHW-contiguous, as the forward).
     """
     _check_gate(x)
+    _check_operands(("x", x, x.shape), ("g", g, _gate_shape(x)))
     fmt = _gate_format(x)
     if not _kernel_supports(g, x):
         a, b = x.chunk(2, dim=1)
