@@ -55,7 +55,7 @@ def _onnx_for(weights: Any, cache: str | os.PathLike | None) -> Path:
     return cached_onnx(load_module(weights), cache)
 
 
-def _plan_for(weights: Any) -> Path:
+def _plan_for(weights: Any, device: str) -> Path:
     if _kind(weights) == "plan":
         return Path(weights)
     try:
@@ -65,14 +65,29 @@ def _plan_for(weights: Any) -> Path:
             f"--backend tensorrt needs a plan: build one with `refusion-export {weights}` "
             "(then pass the .plan as --weights)"
         ) from None
-    from refusion.engine.onnx_cache import cache_dir
+    import tensorrt as trt
+    import torch
 
     src = _onnx_for(weights, None) if _kind(weights) != "onnx" else Path(weights)
-    plan = cache_dir().parent / "tensorrt" / (src.stem + ".plan")
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    plan = plan_cache_path(src, trt.__version__, f"{major}.{minor}")
     if not plan.is_file():
         plan.parent.mkdir(parents=True, exist_ok=True)
         build_engine(src, plan)
     return plan
+
+
+def plan_cache_path(onnx: Path, trt_version: str, capability: str) -> Path:
+    """Where an engine built on the fly from ``onnx`` is cached: keyed by the ONNX file's
+    contents (re-exported weights of the same name get their own plan), the TensorRT version
+    and the GPU's compute capability (a plan runs only where it was built)."""
+    import hashlib
+
+    from refusion.engine.onnx_cache import cache_dir
+
+    digest = hashlib.sha256(Path(onnx).read_bytes()).hexdigest()[:16]
+    name = f"{Path(onnx).stem}-{digest}-trt{trt_version}-sm{capability.replace('.', '')}.plan"
+    return cache_dir().parent / "tensorrt" / name
 
 
 def create_backend(
@@ -145,7 +160,7 @@ def _make(name: str, weights: Any, device: str, cache: Any, options: dict) -> Ba
         raise UserError(f"--backend tensorrt: {why}")
     if not device.startswith("cuda"):
         raise UserError("--backend tensorrt runs on CUDA only (use --device cuda or auto)")
-    return TensorRTBackend(_plan_for(weights), device, **options)
+    return TensorRTBackend(_plan_for(weights, device), device, **options)
 
 
 

@@ -127,7 +127,8 @@ def check_shape(profile: Profile) -> Shape4:
     n, c, h, w = profile.opt
     scale = min(1.0, CHECK_MAX_SIDE / max(h, w))
     h2, w2 = max(int(h * scale), profile.min[2]), max(int(w * scale), profile.min[3])
-    return (min(n, 2), c, h2, w2)
+    # within the profile: at least its minimum batch (a batch-4-only profile is checked at 4)
+    return (max(min(n, 2), profile.min[0]), c, h2, w2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,14 +443,20 @@ def build_engine(
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         log.info("  timing cache %s (%s)", cache_path, f"{len(blob)} bytes" if blob else "new")
         cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, False)  # ignore_mismatch=False
+        if not config.set_timing_cache(cache, False):  # ignore_mismatch=False
+            # a cache from another GPU (or TensorRT): TensorRT refuses it; build with a fresh
+            # one rather than fail after minutes of building (the file is then replaced)
+            log.warning("  timing cache %s is for another GPU or TensorRT; starting a new one",
+                        cache_path)
+            config.set_timing_cache(config.create_timing_cache(b""), False)
     plan = builder.build_serialized_network(network, config)
     del parser
     if plan is None:
         raise UserError("TensorRT failed to build the engine (see its log above)")
     plan_bytes = bytes(plan)
-    if cache_path is not None:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    timing = config.get_timing_cache() if cache_path is not None else None
+    if timing is not None:  # None: no cache attached after all
+        atomic_write_bytes(cache_path, bytes(timing.serialize()))
 
     accuracy = None
     if check:

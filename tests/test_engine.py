@@ -178,3 +178,20 @@ def test_tensorrt_backend():
     with TensorRTBackend(plan) as be:
         y = be.infer(_batch(1, 64, 64))
     assert y.shape == (1, 1, 64, 64)
+
+
+def test_an_on_the_fly_plan_is_keyed_by_the_model_tensorrt_and_gpu(tmp_path, monkeypatch):
+    # a cached plan was once named after the ONNX file's stem only: re-exported weights (or
+    # another model of that name) reused a stale engine
+    from refusion.engine.registry import plan_cache_path
+
+    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    for p, data in ((a, b"one model"), (b, b"another model")):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    key = plan_cache_path(a, "10.9.0", "9.0")
+    assert key == plan_cache_path(a, "10.9.0", "9.0")  # reused for the same file
+    assert key.suffix == ".plan" and key.name.startswith("model-")
+    assert len({key, plan_cache_path(b, "10.9.0", "9.0"), plan_cache_path(a, "10.10.0", "9.0"),
+                plan_cache_path(a, "10.9.0", "8.9")}) == 4

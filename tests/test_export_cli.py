@@ -56,6 +56,8 @@ def test_one_line_errors(ckpt, tmp_path, capsys):
     assert "add --engine" in _error([str(ckpt), *o, "--max", "1080x1920"], capsys)
     assert ".onnx" in _error([str(ckpt), "-o", str(tmp_path / "m.plan")], capsys)
     assert "--opset" in _error([str(ckpt), *o, "--opset", "13"], capsys)
+    assert "is newer than this torch can export" in _error([str(ckpt), *o, "--opset", "99"],
+                                                           capsys)
     assert "--check-size" in _error([str(ckpt), *o, "--check-size", "big"], capsys)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint at all")

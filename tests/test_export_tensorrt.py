@@ -47,6 +47,10 @@ def test_profile_defaults_and_batch():
     assert p.as_dict() == {"input": "sources", "min": [1, 2, 64, 64], "opt": [4, 2, 480, 640],
                            "max": [4, 2, 720, 1280]}
     assert tb.make_profile((1, 2, 8, 8), (2, 2, 9, 9), (3, 2, 10, 10)).opt == (2, 2, 9, 9)
+    # the engine is checked inside its profile: a batch-4-only profile at batch 4, not 2
+    four = tb.make_profile((4, 2, 32, 32), (4, 2, 64, 64), (4, 2, 128, 128))
+    assert tb.check_shape(four) == (4, 2, 64, 64)
+    assert tb.check_shape(p)[0] == 2  # batch 1..4 with opt 4: two frames are enough
 
 
 @pytest.mark.parametrize(

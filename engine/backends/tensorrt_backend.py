@@ -103,6 +103,9 @@ class TensorRTBackend(Backend):
         if why:
             raise UserError(f"{self.plan_path} cannot run here ({why}): rebuild it with "
                             "refusion-export --engine")
+        # an engine is bound to the GPU that is current when it is deserialized (TensorRT's
+        # developer guide), so cuda:N must be current first
+        torch.cuda.set_device(torch.device(self.device))
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         self._engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
@@ -115,7 +118,6 @@ class TensorRTBackend(Backend):
         if "sources" not in names or "fused" not in names:
             raise UserError(f"{self.plan_path} is not a fusion engine (tensors {names})")
         self._context = self._engine.create_execution_context()
-        torch.cuda.set_device(torch.device(self.device))
         self._stream = torch.cuda.Stream(device=self.device)
         to_torch = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
         for n in ("sources", "fused"):

@@ -72,6 +72,15 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+def _newest_opset() -> int | None:
+    """The newest opset the installed torch's ONNX exporter writes (None: unknown)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:
+        return None
+    return int(ONNX_MAX_OPSET)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -80,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong with the options fails before minutes of work.
     if args.opset < 17:
         raise UserError(f"--opset must be 17 or newer (LayerNormalization), got {args.opset}")
+    newest = _newest_opset()
+    if newest is not None and args.opset > newest:
+        raise UserError(f"--opset {args.opset} is newer than this torch can export "
+                        f"(17 to {newest})")
     check_hw = parse_hw(args.check_size, "--check-size")
     if Path(args.output).suffix.lower() != ".onnx":
         raise UserError(f"-o/--output must end in .onnx, got {args.output}")
