@@ -45,8 +45,19 @@ def model_digest(model: nn.Module) -> str:
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-    h.update(f"{refusion.__version__}/{OPSET}/{GRAPH_FORM}".encode())
+    # the exporter's inputs besides the model: a torch or onnx upgrade may write another graph
+    # (cached exports are not re-checked), so it gets its own file
+    h.update(f"{refusion.__version__}/{OPSET}/{GRAPH_FORM}/torch {torch.__version__}/onnx "
+             f"{_onnx_version()}".encode())
     return h.hexdigest()[:20]
+
+
+def _onnx_version() -> str:
+    try:
+        import onnx
+    except ImportError:
+        return "none"
+    return str(onnx.__version__)
 
 
 def cached_onnx(model: nn.Module, directory: str | os.PathLike | None = None) -> Path:

@@ -82,6 +82,20 @@ def test_onnx_cache_reuses_and_tracks_weights(tiny, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
 
 
+def test_onnx_cache_key_follows_the_exporter_versions(tiny, monkeypatch):
+    # cached exports are not re-checked, so a torch or onnx upgrade must not reuse old files
+    import onnx
+    from refusion.engine.onnx_cache import model_digest
+
+    key = model_digest(tiny)
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert model_digest(tiny) != key
+    monkeypatch.undo()
+    assert model_digest(tiny) == key
+    monkeypatch.setattr(onnx, "__version__", "0.0.1")
+    assert model_digest(tiny) != key
+
+
 def test_create_backend_from_checkpoint_and_auto(tiny, tmp_path):
     ckpt = save_checkpoint(tmp_path / "t.safetensors", {"fusion": tiny}, task="ivif")
     x = _batch(2, 24, 40)
@@ -156,6 +170,7 @@ def test_cuda_requests_fail_clearly(tiny_onnx):
                                                 "no CUDA device is available")
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
 def test_a_cuda_provider_that_does_not_load_is_one_line(tiny_onnx, monkeypatch):
     # onnxruntime-gpu without its CUDA/cuDNN libraries lists CUDAExecutionProvider, then only
     # warns and builds a CPU session: the backend must say so when it starts, not at a frame
