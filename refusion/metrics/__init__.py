@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from ._common import RANGE_CHECKED, DegenerateInputWarning, InputRangeWarning, as_triplet
+from ._common import DegenerateInputWarning, InputRangeWarning, as_triplet, range_checked
 from ._io import read_grey, to_grey255
 from .conventions import METRICS, canonical_metric, parse_convention_spec, resolve
 from .gradient import ag, nabf, qabf, sf
@@ -74,11 +74,8 @@ def compute(metric: str, a: np.ndarray, b: np.ndarray, f: np.ndarray,
     m = canonical_metric(metric)
     conv = resolve(m, convention)
     a, b, f = as_triplet(a, b, f)
-    token = RANGE_CHECKED.set(True)  # checked once, here
-    try:
+    with range_checked():  # checked once, above
         return float(_FUNCS[m](a, b, f, conv))
-    finally:
-        RANGE_CHECKED.reset(token)
 
 
 def compute_suite(a: np.ndarray, b: np.ndarray, f: np.ndarray,
@@ -96,11 +93,8 @@ def compute_suite(a: np.ndarray, b: np.ndarray, f: np.ndarray,
     names = [canonical_metric(m) for m in (metrics or DEFAULT_SUITE)]
     convs = parse_convention_spec(convention, names)
     a, b, f = as_triplet(a, b, f)
-    token = RANGE_CHECKED.set(True)  # checked once, here
-    try:
+    with range_checked():  # checked once, above
         return {m: float(_FUNCS[m](a, b, f, convs[m])) for m in names}
-    finally:
-        RANGE_CHECKED.reset(token)
 
 
 from .evaluate import EvalResult, evaluate_folders  # noqa: E402  (needs compute_suite)

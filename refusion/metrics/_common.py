@@ -11,10 +11,12 @@ raises and never substitutes 0 or 1. Well-defined limits stay finite: EN of a co
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -32,6 +34,16 @@ class InputRangeWarning(UserWarning):
 #: triplet it has checked already: one warning per call, not one per metric
 RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("range_checked",
                                                                      default=False)
+
+
+@contextlib.contextmanager
+def range_checked() -> Iterator[None]:
+    """Within: :func:`check_range` stays silent (the caller has checked the triplet)."""
+    token = RANGE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        RANGE_CHECKED.reset(token)
 
 
 def _caller_stacklevel() -> int:

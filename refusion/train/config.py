@@ -244,9 +244,9 @@ def validate(cfg: TrainConfig) -> None:
             raise bad(key, "an integer from 0 to 2**63 - 1", value)
     if cfg.val.max_side < 16:
         raise bad("val.max_side", ">= 16 (the metrics' windows need that much)", cfg.val.max_side)
-    for key, value in (("data.meta_test_fraction", cfg.data.meta_test_fraction),):
-        if not 0.0 < value < 1.0:
-            raise bad(key, "strictly between 0 and 1", value)
+    if not 0.0 < cfg.data.meta_test_fraction < 1.0:
+        raise bad("data.meta_test_fraction", "strictly between 0 and 1",
+                  cfg.data.meta_test_fraction)
     o, m = cfg.optim, cfg.meta
     finite_non_negative = (
         ("optim.lr_fusion", o.lr_fusion), ("optim.lr_reconstruction", o.lr_reconstruction),
