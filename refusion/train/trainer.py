@@ -44,7 +44,7 @@ from refusion.checkpoint import (
 )
 from refusion.config import to_dict
 from refusion.errors import UserError
-from refusion.metrics.conventions import canonical_metric
+from refusion.metrics.conventions import METRICS, canonical_metric
 from refusion.models import FusionNet, ProposalNet, ReconstructionNet, fixed_weights
 from refusion.train import distributed as D
 from refusion.train import meta
@@ -60,8 +60,6 @@ from refusion.train.data import (
 )
 from refusion.train.logging import ScalarLog, write_panel
 from refusion.utils.atomic import atomic_path, atomic_write_text, ensure_writable
-
-LOWER_IS_BETTER = {"MSE", "Nabf"}
 
 
 class TrainingDiverged(UserError):
@@ -430,7 +428,7 @@ class Trainer:
             log.validation(self.step, epoch, vals)
         key = canonical_metric(self.cfg.val.best)  # ``qabf`` names the ``Qabf`` column
         if key in vals and math.isfinite(vals[key]):
-            sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+            sign = 1.0 if METRICS[key].higher_is_better else -1.0
             if self.best is None or sign * vals[key] > sign * self.best["value"]:
                 self.best = {"metric": key, "value": vals[key], "step": self.step}
                 save_checkpoint(self.run_dir / "best.safetensors", self.networks,
