@@ -31,7 +31,7 @@ from pathlib import Path
 from refusion.export.metadata import INPUT_NAME, OUTPUT_NAME, sha256_file
 
 from refusion.errors import UserError
-from refusion.utils.atomic import atomic_write_bytes, atomic_write_text
+from refusion.utils.atomic import atomic_write_bytes, atomic_write_text, ensure_writable
 
 log = logging.getLogger("refusion.export")
 
@@ -361,6 +361,32 @@ def _configure(trt, builder, network, settings: BuildSettings, profile: Profile,
     return config
 
 
+def _attach_timing_cache(config, cache_path: Path) -> None:
+    """Give the builder the timing cache in ``cache_path``, or a new one.
+
+    A cache from another GPU or TensorRT version is refused by TensorRT: by
+    ``set_timing_cache(..., ignore_mismatch=False)`` returning False, or already by
+    ``create_timing_cache`` (None or an exception, depending on the version). Either way the
+    build goes on with a fresh cache rather than failing, and the file is replaced afterwards.
+    """
+    ensure_writable(cache_path)  # a folder or a read-only place fails now, not after the build
+    try:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    except OSError as exc:
+        raise UserError(f"cannot read the timing cache {cache_path} ({exc.strerror})") from None
+    log.info("  timing cache %s (%s)", cache_path, f"{len(blob)} bytes" if blob else "new")
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+        except (RuntimeError, TypeError, ValueError):
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+        log.warning("  timing cache %s is for another GPU or TensorRT; starting a new one",
+                    cache_path)
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
 def run_engine(trt, plan: bytes, x):
     """Run a serialized plan on one float32 ``(N, 2, H, W)`` numpy input (needs CUDA torch)."""
     import numpy as np
@@ -440,15 +466,7 @@ def build_engine(
     config = _configure(trt, builder, network, settings, profile, workspace_gb)
     cache_path = Path(timing_cache) if timing_cache else None
     if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        log.info("  timing cache %s (%s)", cache_path, f"{len(blob)} bytes" if blob else "new")
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):  # ignore_mismatch=False
-            # a cache from another GPU (or TensorRT): TensorRT refuses it; build with a fresh
-            # one rather than fail after minutes of building (the file is then replaced)
-            log.warning("  timing cache %s is for another GPU or TensorRT; starting a new one",
-                        cache_path)
-            config.set_timing_cache(config.create_timing_cache(b""), False)
+        _attach_timing_cache(config, cache_path)
     plan = builder.build_serialized_network(network, config)
     del parser
     if plan is None:

@@ -81,6 +81,10 @@ def _newest_opset() -> int | None:
     return int(ONNX_MAX_OPSET)
 
 
+def _timing_cache(args) -> Path:
+    return Path(args.timing_cache or Path(args.engine).parent / "tensorrt.timing.cache")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_writable(args.output)
     if args.engine:
         ensure_writable(args.engine)
+        ensure_writable(_timing_cache(args))
     _setup_logging(args.quiet)
 
     from refusion.export import build_engine, export_onnx
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {onnx_path}" + (f" (weights {name})" if name else ""), file=sys.stderr)
     if args.engine:
         plan = Path(args.engine)
-        cache = Path(args.timing_cache or plan.parent / "tensorrt.timing.cache")
+        cache = _timing_cache(args)
         build_engine(
             onnx_path,
             plan,
