@@ -133,6 +133,8 @@ def _require_cuda_kernels():
     mod = _native.native_module()
     if mod is None or not getattr(mod, "has_cuda_kernels", False):
         pytest.skip("refusion._C was built without CUDA kernels")
+    if not _native.cuda_kernels_usable(torch.cuda.current_device()):
+        pytest.skip("refusion's CUDA kernels cannot run on this GPU (see the warning)")
 
 
 def _synced(fn):

@@ -37,7 +37,7 @@ cp build/gpu/_C*.so refusion/
 $PY -c "from refusion import _native; print(_native.build_info())" | tee -a "$OUT/machine.txt"
 
 echo "== CUDA parity tests"
-$PY -m pytest -q -rs tests/test_ops_sobel.py tests/test_ops_gate.py tests/test_ops_isa.py \
+$PY -m pytest -q -rs tests/test_native.py tests/test_ops_sobel.py tests/test_ops_gate.py tests/test_ops_isa.py \
   tests/test_fp16.py tests/test_engine.py tests/test_export_deploy.py \
   tests/test_engine_precision.py::test_cli_fp16_on_cuda_gives_the_fp32_images -p no:cacheprovider \
   > "$OUT/tests.log" 2>&1

@@ -23,6 +23,7 @@ py::dict build_info() {
 #ifdef REFUSION_WITH_CUDA
   info["cuda"] = true;
   info["cuda_compiler"] = REFUSION_CUDA_COMPILER;
+  info["cuda_architectures"] = REFUSION_CUDA_ARCHITECTURES;
 #else
   info["cuda"] = false;
 #endif

@@ -34,6 +34,44 @@ def native_module() -> ModuleType | None:
         return None
 
 
+@functools.cache
+def cuda_kernels_usable(index: int) -> bool:
+    """Whether the native CUDA kernels can run on ``cuda:<index>`` (asked once per device).
+
+    A module built with CUDA may still not run on a GPU: one older than every architecture
+    compiled in, or a driver older than the CUDA runtime the module carries. The module's probe
+    loads the kernels on the device without launching them; when it fails, a warning names the
+    device, CUDA's reason and the architectures built, and the PyTorch references serve that
+    device, instead of an error at the first op.
+    """
+    mod = native_module()
+    if mod is None or not getattr(mod, "has_cuda_kernels", False):
+        return False
+    probe = getattr(mod, "cuda_probe", None)
+    if probe is None:  # built before the probe existed: trust it, as before
+        return True
+    why = probe(int(index))
+    if why is None:
+        return True
+    archs = dict(mod.build_info()).get("cuda_architectures", "unknown")
+    warnings.warn(
+        f"refusion's CUDA kernels cannot run on cuda:{index} ({why}; built for architectures "
+        f"{archs}, CUDA runtime {_cuda_version(mod, 'cuda_runtime_version')}, the driver "
+        f"supports {_cuda_version(mod, 'cuda_driver_version')}); the PyTorch references run "
+        "there instead (rebuild with -DCMAKE_CUDA_ARCHITECTURES=native to fix it)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+def _cuda_version(mod: ModuleType, fn: str) -> str:
+    """``12080`` -> ``"12.8"``; ``"none"`` for 0 (no driver), ``"unknown"`` if not reported."""
+    get = getattr(mod, fn, None)
+    v = int(get()) if get is not None else -1
+    return "unknown" if v < 0 else "none" if v == 0 else f"{v // 1000}.{v % 1000 // 10}"
+
+
 def native_available() -> bool:
     """Whether the native module can be used."""
     return native_module() is not None
@@ -48,4 +86,12 @@ def build_info() -> dict:
     if hasattr(mod, "cpu_isa"):  # modules built before run-time ISA selection lack it
         info["cpu_isa"] = mod.cpu_isa()
         info["cpu_isas"] = list(mod.cpu_isas())
+    if hasattr(mod, "cuda_probe"):
+        info["cuda_runtime"] = _cuda_version(mod, "cuda_runtime_version")
+        info["cuda_driver"] = _cuda_version(mod, "cuda_driver_version")
+        import torch
+
+        if torch.cuda.is_available():  # per GPU: "ok" or why the references run there
+            info["cuda_devices"] = {f"cuda:{i}": mod.cuda_probe(i) or "ok"
+                                    for i in range(torch.cuda.device_count())}
     return info

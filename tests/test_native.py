@@ -34,3 +34,90 @@ def test_a_broken_build_warns_and_falls_back(monkeypatch):
     finally:
         monkeypatch.undo()
         _native.native_module.cache_clear()  # the real answer again for the other tests
+
+
+class _FakeCudaModule:
+    """A native module built with CUDA whose probe answers as told (no GPU needed)."""
+
+    has_cuda_kernels = True
+    has_cpu_kernels = True
+
+    def __init__(self, answers: dict[int, str | None], with_probe: bool = True) -> None:
+        self.answers, self.asked = answers, []
+        if not with_probe:
+            self.cuda_probe = None
+
+    def cuda_probe(self, device: int):  # noqa: D102 - replaced per instance when absent
+        self.asked.append(device)
+        return self.answers[device]
+
+    def cuda_runtime_version(self) -> int:
+        return 13000
+
+    def cuda_driver_version(self) -> int:
+        return 12040
+
+    def build_info(self) -> dict:
+        return {"cuda": True, "cuda_architectures": "80-real,90"}
+
+
+@pytest.fixture
+def fake_cuda_module(monkeypatch):
+    def install(answers, with_probe=True):
+        mod = _FakeCudaModule(answers, with_probe)
+        monkeypatch.setattr(_native, "native_module", lambda: mod)
+        _native.cuda_kernels_usable.cache_clear()
+        return mod
+
+    yield install
+    _native.cuda_kernels_usable.cache_clear()
+
+
+def test_a_gpu_the_kernels_cannot_run_on_falls_back_with_a_warning(fake_cuda_module):
+    from refusion.ops import _dispatch
+
+    mod = fake_cuda_module({0: None, 1: "no kernel image is available for execution on the "
+                                        "device"})
+    assert _native.cuda_kernels_usable(0) and _dispatch._has_kernels("cuda", 0)
+    with pytest.warns(RuntimeWarning) as rec:
+        assert not _native.cuda_kernels_usable(1)
+        assert not _dispatch._has_kernels("cuda", 1)  # asked once, warned once
+    msg = str(rec[0].message)
+    assert len(rec) == 1 and "cuda:1 (no kernel image is available" in msg
+    assert "architectures 80-real,90, CUDA runtime 13.0, the driver supports 12.4" in msg
+    assert "references run there instead" in msg
+    assert mod.asked == [0, 1]
+    assert _dispatch._has_kernels("cpu")  # the CPU kernels are unaffected
+
+
+def test_a_module_without_the_probe_is_trusted(fake_cuda_module):
+    fake_cuda_module({}, with_probe=False)
+    assert _native.cuda_kernels_usable(0)
+
+
+@pytest.mark.parametrize(("raw", "text"), [(13000, "13.0"), (12080, "12.8"), (0, "none")])
+def test_cuda_version_text(raw, text):
+    mod = type("M", (), {"cuda_driver_version": staticmethod(lambda: raw)})()
+    assert _native._cuda_version(mod, "cuda_driver_version") == text
+    assert _native._cuda_version(mod, "cuda_runtime_version") == "unknown"
+
+
+def test_the_built_probe_answers_on_this_machine():
+    """The real probe of a CUDA build: None on every GPU torch sees; a reason without one."""
+    import torch
+
+    mod = _native.native_module()
+    if mod is None or not getattr(mod, "has_cuda_kernels", False):
+        pytest.skip("refusion._C was built without CUDA kernels")
+    if not hasattr(mod, "cuda_probe"):
+        pytest.fail("a CUDA build of refusion._C without cuda_probe (rebuild it)")
+    info = _native.build_info()
+    assert info["cuda_runtime"].split(".")[0].isdigit() and info["cuda_architectures"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            assert mod.cuda_probe(i) is None, f"the kernels cannot run on cuda:{i}"
+        assert set(info["cuda_devices"].values()) == {"ok"}
+        assert mod.cuda_probe(torch.cuda.device_count()) == "no such CUDA device"
+    else:
+        why = mod.cuda_probe(0)
+        assert isinstance(why, str) and why  # no driver or no device: CUDA says which

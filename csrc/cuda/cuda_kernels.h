@@ -28,5 +28,13 @@ const char* gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, 
                          std::int64_t sa, std::int64_t sb, std::int64_t so, std::uintptr_t stream,
                          int device);
 
+// nullptr when the kernels can run on `device`, else why not (CUDA's message). Launches nothing.
+const char* probe(int device);
+
+// CUDA versions as 1000 * major + 10 * minor (0: unknown): the static runtime compiled in, and
+// the newest the installed driver supports (0 when there is no driver).
+int runtime_version();
+int driver_version();
+
 }  // namespace cuda
 }  // namespace refusion

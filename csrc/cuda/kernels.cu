@@ -253,5 +253,35 @@ const char* gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, 
                               as_stream(stream));
 }
 
+const char* probe(int device) {
+  // Loads (without launching) one kernel of each op on `device`. A GPU older than every
+  // compiled architecture fails here with "no kernel image is available", a driver older than
+  // the static runtime with "driver version is insufficient"; the first kernel call would
+  // otherwise be where that surfaces. All instantiations share one fatbinary, so two stand for
+  // all of them.
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaSuccess && (device < 0 || device >= count)) return "no such CUDA device";
+  if (err == cudaSuccess) {
+    DeviceGuard guard(device);
+    cudaFuncAttributes attr;
+    err = cudaFuncGetAttributes(&attr, sobel_fwd_kernel<float>);
+    if (err == cudaSuccess) err = cudaFuncGetAttributes(&attr, gelu_mul_bwd_kernel<__half>);
+  }
+  if (err == cudaSuccess) return nullptr;
+  cudaGetLastError();  // clear the (non-sticky) error so that torch does not report it later
+  return cudaGetErrorString(err);
+}
+
+int runtime_version() {
+  int v = 0;
+  return cudaRuntimeGetVersion(&v) == cudaSuccess ? v : 0;
+}
+
+int driver_version() {
+  int v = 0;
+  return cudaDriverGetVersion(&v) == cudaSuccess ? v : 0;
+}
+
 }  // namespace cuda
 }  // namespace refusion

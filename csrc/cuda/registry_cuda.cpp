@@ -30,6 +30,22 @@ void register_cuda_ops(py::module_& m) {
   m.attr("has_cuda_kernels") = true;
 
   m.def(
+      "cuda_probe",
+      [](int device) -> py::object {
+        const char* why = nullptr;
+        {
+          py::gil_scoped_release release;  // loading the module may take a while; no Python here
+          why = cuda::probe(device);
+        }
+        return why == nullptr ? py::object(py::none()) : py::object(py::str(why));
+      },
+      "None when the CUDA kernels can run on `device`, else CUDA's reason. Launches nothing.");
+  m.def("cuda_runtime_version", &cuda::runtime_version,
+        "Version of the CUDA runtime compiled in (1000 * major + 10 * minor).");
+  m.def("cuda_driver_version", &cuda::driver_version,
+        "Newest CUDA version the installed driver supports (0: no driver).");
+
+  m.def(
       "sobel_xy_cuda",
       [](std::uintptr_t x, std::uintptr_t sx, std::uintptr_t sy, int dtype, i64 B, i64 C, i64 H,
          i64 W, i64 sB, i64 sC, i64 sH, std::uintptr_t stream, int device) {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from refusion._native import native_module
+from refusion._native import cuda_kernels_usable, native_module
 
 _NATIVE_DTYPES = (torch.float32, torch.float16, torch.float64)
 
@@ -25,11 +25,13 @@ def exporting() -> bool:
 
 
 @torch.compiler.assume_constant_result
-def _has_kernels(device_type: str) -> bool:
-    # A constant for dynamo (the module and its flags do not change during a run), so compiled
-    # graphs neither trace the import machinery nor guard on it.
+def _has_kernels(device_type: str, index: int = 0) -> bool:
+    # A constant for dynamo (the module, its flags and a device's probe do not change during a
+    # run), so compiled graphs neither trace the import machinery nor guard on it.
     mod = native_module()
-    return mod is not None and bool(getattr(mod, f"has_{device_type}_kernels", False))
+    if mod is None or not getattr(mod, f"has_{device_type}_kernels", False):
+        return False
+    return device_type != "cuda" or cuda_kernels_usable(index)
 
 
 def _transformed() -> bool:
@@ -51,4 +53,4 @@ def use_native(x: torch.Tensor) -> bool:
         return False
     if x.device.type not in ("cpu", "cuda"):
         return False
-    return _has_kernels(x.device.type)
+    return _has_kernels(x.device.type, x.device.index or 0)
