@@ -76,6 +76,7 @@ def test_warmup_schedule_prepends_fusion_steps_as_epoch_0():
     assert [plain(s) for s in range(10)] == [True, True, False, False, False] * 2
     assert [warm(s) for s in range(13)] == [False] * 3 + [True, True, False, False, False] * 2
     assert [warm.epoch(s) for s in range(13)] == [0] * 3 + [1] * 5 + [2] * 5
+    assert [plain.epoch(s) for s in range(10)] == [1] * 5 + [2] * 5  # from 1, as the paper
     assert [s for s in range(13) if warm.epoch_ends(s)] == [2, 7, 12]
     assert [s for s in range(10) if plain.epoch_ends(s)] == [4, 9]
     cfg = _cfg(Path("."), "schedule.warmup_steps=3")
@@ -454,8 +455,17 @@ def test_resume_with_new_validation_settings(mf_data, tmp_path):
 
     rows = list(csv.DictReader((run / "validation.csv").open()))
     assert list(rows[0]) == ["step", "epoch", "EN", "MSE", "SF"]  # one header for all rows
-    assert [r["step"] for r in rows] == ["5", "10"]
+    assert [r["step"] for r in rows] == ["5", "10"] and [r["epoch"] for r in rows] == ["1", "2"]
     assert rows[0]["MSE"] and not rows[0]["SF"] and rows[1]["SF"] and not rows[1]["MSE"]
+    from refusion.checkpoint import read_checkpoint
+
+    # a checkpoint records the epoch its last step belongs to; panels are named like
+    # checkpoints, by the steps finished: metrics.csv rows 0, 4, 8 (log.panel_every=4) draw
+    # step_1, step_5, step_9
+    ck = read_checkpoint(run / "final.safetensors")
+    assert ck.step == 10 and ck.extra["epoch"] == 2
+    assert sorted(p.name for p in (run / "panels").iterdir()) == [
+        "step_00000001.png", "step_00000005.png", "step_00000009.png"]
 
 
 def test_new_validation_metrics_when_no_validation_row_survives_the_resume(mf_data, tmp_path):

@@ -318,6 +318,7 @@ def total_steps(cfg: TrainConfig) -> int:
 class StepSchedule:
     """Where a global step falls in Algorithm 1: after ``warmup`` fusion steps (epoch 0 when
     there are any), each epoch is ``meta`` meta steps, then ``per_epoch - meta`` fusion steps.
+    Epochs count from 1, as the paper's, with or without a warm-up.
     Picklable (DataLoader workers call it)."""
 
     meta: int
@@ -329,9 +330,10 @@ class StepSchedule:
         return cls(meta_steps_per_epoch(cfg), steps_per_epoch(cfg), cfg.schedule.warmup_steps)
 
     def epoch(self, step: int) -> int:
+        """The epoch of the 0-based ``step``: 0 in the warm-up, then 1, 2, ..."""
         if step < self.warmup:
             return 0
-        return (step - self.warmup) // self.per_epoch + (1 if self.warmup else 0)
+        return (step - self.warmup) // self.per_epoch + 1
 
     def __call__(self, step: int) -> bool:
         """True when ``step`` is a meta step."""

@@ -10,6 +10,11 @@ Run folder::
     RUN_DIR/checkpoints/latest           the step of the newest complete pair of the two
     RUN_DIR/best.safetensors, final.safetensors
 
+Steps: a ``metrics.csv`` row is numbered by the 0-based step it logs; checkpoints, panels and
+``validation.csv`` rows by the number of steps finished (the state after them), so the panel
+``step_00000010.png`` shows the networks after the step of row 9, as checkpoint step 10 holds
+them. Epochs count from 1; epoch 0 is the warm-up (``schedule.warmup_steps``), if any.
+
 Both files of a checkpoint are written atomically, then ``latest`` is replaced atomically: a
 crash at any moment leaves the previous checkpoint usable. The state file holds only tensors
 and plain containers and is read with ``torch.load(weights_only=True)``.
@@ -273,8 +278,9 @@ class Trainer:
                             extra=self._extra())
 
     def _extra(self) -> dict:
-        return {"ablation": to_dict(self.cfg.ablation), "epoch": self.schedule.epoch(self.step),
-                "seed": self.cfg.seed}
+        # the epoch of the last finished step (0 before any, or in the warm-up)
+        epoch = self.schedule.epoch(self.step - 1) if self.step else 0
+        return {"ablation": to_dict(self.cfg.ablation), "epoch": epoch, "seed": self.cfg.seed}
 
     def _prune(self) -> None:
         ckpts = sorted((self.run_dir / "checkpoints").glob("step_*.safetensors"))
