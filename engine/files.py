@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refusion.errors import UserError
-from refusion.imaging import IMAGE_SUFFIXES
+from refusion.imaging import ImageFolder, list_image_folder
 
 
 @dataclass(frozen=True)
@@ -19,15 +19,25 @@ class PairPaths:
     stem: str
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
-            if p.stem in found:
-                raise UserError(f"two images named {p.stem!r} in {folder}: "
-                                f"{found[p.stem].name} and {p.name}")
-            found[p.stem] = p
-    return found
+def _images(folder: Path) -> ImageFolder:
+    listing = list_image_folder(folder)
+    if listing.duplicates:
+        kept, other = listing.duplicates[0]
+        raise UserError(f"two images named {kept.stem!r} in {folder}: {kept.name} and "
+                        f"{other.name}")
+    return listing
+
+
+def _one_sided(here: ImageFolder, there: ImageFolder) -> list[str]:
+    """The images and broken links of ``here`` that form no pair, each with why."""
+    out = []
+    for s in sorted(here.images.keys() - there.images.keys()):
+        why = (f" (its partner {there.folder.name}/{there.broken[s].name} is a broken link)"
+               if s in there.broken else "")
+        out.append(f"{here.folder.name}/{here.images[s].name}{why}")
+    out += [f"{here.folder.name}/{here.broken[s].name} (broken link)"
+            for s in sorted(here.broken.keys() - there.images.keys())]
+    return out
 
 
 def match_pairs(
@@ -48,10 +58,11 @@ def match_pairs(
     if not pa.is_dir():
         return [PairPaths(pa, pb, pa.stem)], []
     ia, ib = _images(pa), _images(pb)
-    common = sorted(set(ia) & set(ib))
-    unmatched = sorted(f"{pa.name}/{ia[s].name}" for s in set(ia) - set(ib))
-    unmatched += sorted(f"{pb.name}/{ib[s].name}" for s in set(ib) - set(ia))
+    common = sorted(ia.images.keys() & ib.images.keys())
+    unmatched = _one_sided(ia, ib) + _one_sided(ib, ia)
     if not common:
-        raise UserError(f"no image names in common between {pa} ({len(ia)} images) and "
-                        f"{pb} ({len(ib)} images)")
-    return [PairPaths(ia[s], ib[s], s) for s in common], unmatched
+        broken = [u for u in unmatched if "broken link" in u]
+        raise UserError(f"no image names in common between {pa} ({len(ia.images)} images) and "
+                        f"{pb} ({len(ib.images)} images)"
+                        + (f"; {len(broken)} broken links, e.g. {broken[0]}" if broken else ""))
+    return [PairPaths(ia.images[s], ib.images[s], s) for s in common], unmatched

@@ -32,6 +32,67 @@ Normalize = Literal["fixed", "minmax"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
+@dataclass
+class ImageFolder:
+    """The images of one folder by file stem, and what could not be listed as one.
+
+    ``images``: stem -> file. ``broken``: stem -> a link whose target does not exist (listed
+    so that its partner is not reported as unpaired). ``duplicates``: ``(kept, other)`` files
+    sharing a stem (``a.png`` and ``a.tif``); the first in name order is kept.
+    """
+
+    folder: Path
+    images: dict[str, Path]
+    broken: dict[str, Path]
+    duplicates: list[tuple[Path, Path]]
+
+    def broken_text(self, stem: str) -> str:
+        """``'<link>: broken link to <target>'`` for a stem in :attr:`broken`."""
+        link = self.broken[stem]
+        try:
+            target = os.readlink(link)
+        except OSError:
+            target = "?"
+        return f"{link}: broken link to {target} (no such file)"
+
+    def unpaired(self, other: ImageFolder) -> list[str]:
+        """One line per image here whose stem is neither an image nor a broken link there."""
+        return [f"{self.images[s]} has no partner in {other.folder}"
+                for s in sorted(self.images.keys() - other.images.keys() - other.broken.keys())]
+
+
+def list_image_folder(folder: str | os.PathLike) -> ImageFolder:
+    """List ``folder``'s images (the usual formats, by suffix) by file stem.
+
+    Hidden files (``.name``, e.g. macOS ``._name.png`` forks) are not images. One listing for
+    every command (fusion, training, evaluation), so that all of them pair the same files.
+
+    Raises:
+        UserError: ``folder`` is not a folder or cannot be read.
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        raise UserError(f"no such folder: {d}")
+    res = ImageFolder(d, {}, {}, [])
+    try:
+        entries = sorted(d.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot read the folder {d} ({exc.strerror or exc})") from None
+    for p in entries:
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file():
+            if p.stem in res.images:
+                res.duplicates.append((res.images[p.stem], p))
+            else:
+                res.images[p.stem] = p
+        elif p.is_symlink() and not p.exists():
+            res.broken.setdefault(p.stem, p)
+    for stem in res.broken.keys() & res.images.keys():
+        del res.broken[stem]  # a real file of that stem serves
+    return res
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as stored (grey ``(H, W)`` or BGR ``(H, W, 3)``, 8- or 16-bit).
 

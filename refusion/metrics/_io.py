@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 
 from refusion.errors import UserError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+from refusion.imaging import IMAGE_SUFFIXES  # noqa: F401 - one list of formats, re-exported
 
 
 def to_grey255(img: np.ndarray) -> np.ndarray:

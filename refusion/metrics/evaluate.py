@@ -22,31 +22,32 @@ from pathlib import Path
 import numpy as np
 
 from refusion.errors import UserError
+from refusion.imaging import ImageFolder, list_image_folder
 from refusion.utils.atomic import atomic_write_text
 
-from ._io import IMAGE_SUFFIXES, read_grey
+from ._io import read_grey
 from .conventions import METRICS, canonical_metric, parse_convention_spec
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
-    """Images in ``folder`` by file stem (any supported format).
+    """Images in ``folder`` by file stem (any supported format; hidden files are not images).
 
     Raises:
         UserError: the folder does not exist, or two files share a stem.
     """
-    d = Path(folder)
-    if not d.is_dir():
-        raise UserError(f"no such folder: {d}")
-    out: dict[str, Path] = {}
-    for p in sorted(d.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in out:
-                raise UserError(f"two images with stem {p.stem!r}: {out[p.stem]} and {p}")
-            out[p.stem] = p
-    return out
+    return _listing(Path(folder)).images
 
 
-def _listings(a: Path, b: Path, fused: Sequence[Path]) -> tuple[dict, dict, list[dict]]:
+def _listing(d: Path) -> ImageFolder:
+    listing = list_image_folder(d)
+    if listing.duplicates:
+        kept, other = listing.duplicates[0]
+        raise UserError(f"two images with stem {kept.stem!r}: {kept} and {other}")
+    return listing
+
+
+def _listings(a: Path, b: Path, fused: Sequence[Path]
+              ) -> tuple[ImageFolder, ImageFolder, list[ImageFolder]]:
     """Images by stem for the two source folders and each fused folder.
 
     Three single files (or two sources and several fused files) form one triplet, keyed by the
@@ -55,11 +56,12 @@ def _listings(a: Path, b: Path, fused: Sequence[Path]) -> tuple[dict, dict, list
     paths = [a, b, *fused]
     files = [p for p in paths if p.is_file()]
     if not files:
-        return list_images(a), list_images(b), [list_images(d) for d in fused]
+        return _listing(a), _listing(b), [_listing(d) for d in fused]
     if len(files) != len(paths):
         raise UserError(f"{files[0]} is a file: give the sources and the fused images either "
                         "all as folders (paired by file stem) or all as single files")
-    return {a.stem: a}, {a.stem: b}, [{a.stem: f} for f in fused]
+    return tuple(ImageFolder(p.parent, {a.stem: p}, {}, []) for p in (a, b)) + (
+        [ImageFolder(f.parent, {a.stem: f}, {}, []) for f in fused],)
 
 
 def _method_names(dirs: Sequence[Path]) -> list[str]:
@@ -278,14 +280,18 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
     fdirs = [Path(d) for d in fused_dirs]
-    la, lb, lfs = _listings(Path(a_dir), Path(b_dir), fdirs)
+    fa, fb, ffs = _listings(Path(a_dir), Path(b_dir), fdirs)
     methods = _method_names(fdirs)
-    missing = [f"{la[s]} has no partner in {b_dir}" for s in sorted(set(la) - set(lb))]
-    missing += [f"{lb[s]} has no partner in {a_dir}" for s in sorted(set(lb) - set(la))]
+    # a broken link is named as such, and its partner is not also called unpaired
+    missing = fa.unpaired(fb) + fb.unpaired(fa)
+    missing += [lst.broken_text(s) for lst in (fa, fb) for s in sorted(lst.broken)]
+    la, lb = fa.images, fb.images
     common = sorted(set(la) & set(lb))
     jobs = []
-    for meth, d, lf in zip(methods, fdirs, lfs):
-        missing += [f"{d}: no fused image for {s!r}" for s in common if s not in lf]
+    for meth, d, ff in zip(methods, fdirs, ffs):
+        lf = ff.images
+        missing += [ff.broken_text(s) if s in ff.broken else f"{d}: no fused image for {s!r}"
+                    for s in common if s not in lf]
         missing += [f"{lf[s]} has no source pair" for s in sorted(set(lf) - set(common))]
         jobs += [(meth, s, la[s], lb[s], lf[s], names, convention) for s in common if s in lf]
     if not jobs:

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refusion.errors import UserError
-from refusion.imaging import IMAGE_SUFFIXES, read_image, split_luma
+from refusion.imaging import ImageFolder, list_image_folder, read_image, split_luma
 from refusion.train.meta import Batch
 
 # (a names, b names) per layout; the first name is the canonical one.
@@ -61,15 +61,11 @@ class PairScan:
     problems: list[str] = field(default_factory=list)
 
 
-def _images_by_stem(folder: Path, scan: PairScan) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in out:
-                scan.problems.append(f"{p}: two files with stem '{p.stem}' in {folder}")
-                continue
-            out[p.stem] = p
-    return out
+def _images_by_stem(folder: Path, scan: PairScan) -> ImageFolder:
+    listing = list_image_folder(folder)
+    scan.problems += [f"{other}: two files with stem '{kept.stem}' in {folder}"
+                      for kept, other in listing.duplicates]
+    return listing
 
 
 def _find_layouts(root: Path) -> list[tuple[Path, Path]]:
@@ -90,11 +86,14 @@ def match_pairs(dir_a: Path, dir_b: Path, prefix: str = "", scan: PairScan | Non
     for d in (dir_a, dir_b):
         if not d.is_dir():
             raise UserError(f"not a folder: {d}")
-    fa, fb = _images_by_stem(dir_a, scan), _images_by_stem(dir_b, scan)
-    for stem in sorted(fa.keys() - fb.keys()):
-        scan.problems.append(f"{fa[stem]}: no file with stem '{stem}' in {dir_b}")
-    for stem in sorted(fb.keys() - fa.keys()):
-        scan.problems.append(f"{fb[stem]}: no file with stem '{stem}' in {dir_a}")
+    la, lb = _images_by_stem(dir_a, scan), _images_by_stem(dir_b, scan)
+    fa, fb = la.images, lb.images
+    for here, there, other_dir in ((la, lb, dir_b), (lb, la, dir_a)):
+        for stem in sorted(here.images.keys() - there.images.keys()):
+            if stem not in there.broken:
+                scan.problems.append(f"{here.images[stem]}: no file with stem '{stem}' in "
+                                     f"{other_dir}")
+        scan.problems += [here.broken_text(s) for s in sorted(here.broken)]
     for stem in sorted(fa.keys() & fb.keys()):
         scan.pairs.append(Pair(f"{prefix}{stem}", fa[stem], fb[stem]))
     return scan
