@@ -440,6 +440,17 @@ def test_flat_windows_in_both_sources():
         assert math.isfinite(M.q_y(a, b, f, "mefb"))
 
 
+@pytest.mark.parametrize("level", [0.0, 37.0, 255.0])
+@pytest.mark.parametrize("convention", ["mefb", "liu"])
+def test_q_y_of_constant_sources_is_nan_at_any_level(level, convention):
+    # flat everywhere in both sources: NaN as at level 0, not the 1.0 that rounding noise in
+    # the filtered variances of a non-zero level would give
+    a = np.full((32, 32), level)
+    f = np.random.default_rng(0).integers(0, 256, (32, 32)).astype(float)
+    with pytest.warns(DegenerateInputWarning, match="Q_Y"):
+        assert math.isnan(M.q_y(a, a.copy(), f, convention))
+
+
 def test_well_defined_limits_stay_finite(triplet):
     a, _, f = triplet
     b = np.full_like(a, 100.0)

@@ -246,6 +246,10 @@ def q_y(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "mefb") -
         raise ValueError(f"unknown Q_Y convention {convention!r}")
     if min(a.shape) < 11:
         return degenerate("Q_Y", "the reference needs images of at least 11x11")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        # every window is flat in both sources; at a non-zero level the filtered variances are
+        # rounding noise instead of 0, which would give 1.0 instead of the flat-window NaN
+        return degenerate("Q_Y", "both sources are constant, so every window is flat in both")
     w = gauss1d(7, 1.5)
     s_ab, s_af, s_bf, va, vb = _yang_maps(a, b, f, w)
     binm = s_ab >= 0.75
