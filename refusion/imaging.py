@@ -112,11 +112,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = img[:, :, 0]
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise UserError(f"unsupported pixel type {img.dtype} in {p}")
-    if img.dtype == np.float32 and img.size and img.min() >= 0.0 and img.max() <= 1.0:
-        # a float file (TIFF) within 0..1 follows the usual float convention: scale it to
-        # 0..255 here, where the data enters (arrays already mapped to 0..255 by the video
-        # path's 16-bit range tracking may lie within 0..1 too, and must stay as they are)
-        img = img * np.float32(255.0)
+    # scaled here, where file data enters (arrays already mapped to 0..255 by the video path's
+    # 16-bit range tracking may lie within 0..1 too, and must stay as they are)
+    return unit_float_to_255(img)
+
+
+def unit_float_to_255(img: np.ndarray) -> np.ndarray:
+    """Float pixel data of a file within 0..1 (the usual float convention, e.g. a float TIFF)
+    scaled to 0..255; anything else (integers, floats beyond 1) returned as it is.
+
+    The one place this rule lives: fusion, training and the metrics read files through it.
+    """
+    if img.dtype.kind == "f" and img.size and img.min() >= 0.0 and img.max() <= 1.0:
+        return img * img.dtype.type(255.0)
     return img
 
 

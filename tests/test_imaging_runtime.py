@@ -108,6 +108,13 @@ def test_float_images_within_0_1_are_scaled_like_8_bit_ones(tmp_path):
     big = tmp_path / "big.tif"  # a float file on 0..255 stays so
     assert cv2.imwrite(str(big), grey.astype(np.float32))
     assert np.array_equal(read_image(big), grey)
+    # the metrics read files their own way (toolbox rounding) under the same rule
+    from refusion.metrics._io import read_grey
+
+    assert np.array_equal(read_grey(tif), grey) and np.array_equal(read_grey(big), grey)
+    colour = tmp_path / "colour.tif"  # a colour float file within 0..1: luma of the 0..255 data
+    assert cv2.imwrite(str(colour), np.dstack([unit, unit, unit]))
+    assert np.array_equal(read_grey(colour), grey)
 
 
 def test_a_dark_16bit_frame_after_a_bright_scene_stays_dark():

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from refusion.errors import UserError
-from refusion.imaging import IMAGE_SUFFIXES  # noqa: F401 - one list of formats, re-exported
+from refusion.imaging import IMAGE_SUFFIXES, unit_float_to_255  # noqa: F401 - re-exported
 
 
 def to_grey255(img: np.ndarray) -> np.ndarray:
@@ -26,6 +26,7 @@ def to_grey255(img: np.ndarray) -> np.ndarray:
     """
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
+    img = unit_float_to_255(img)
     if img.ndim == 3:
         img = img[:, :, :3]
         if img.dtype == np.uint8:
@@ -35,8 +36,6 @@ def to_grey255(img: np.ndarray) -> np.ndarray:
         y = img.astype(np.float64)
     if img.dtype == np.uint16:
         y = y * (255.0 / 65535.0)
-    elif img.dtype.kind == "f" and y.size and y.min() >= 0.0 and y.max() <= 1.0:
-        y = y * 255.0
     return np.clip(np.round(y), 0, 255) if img.dtype != np.uint8 else y
 
 
