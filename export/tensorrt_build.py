@@ -8,10 +8,11 @@ a workspace limit, a timing cache file reused across builds, then
 * an FP16 ONNX (``export_onnx(fp16=True)``) is built as a *strongly typed* network: the types
   in the graph, FP32 islands included, are what runs. On TensorRT 10 this is the
   ``STRONGLY_TYPED`` creation flag; TensorRT 11 is always strongly typed.
-* an FP32 ONNX on TensorRT 10 is built weakly typed with ``BuilderFlag.FP16`` and the island
-  layers (:func:`refusion.export.fp16.choose_fp32_nodes`) pinned to FP32 under
-  ``OBEY_PRECISION_CONSTRAINTS``. TensorRT 11 removed that flag, so there the FP32 ONNX is
-  converted to the FP16 graph in memory first and built strongly typed.
+* an FP32 ONNX on TensorRT 10.0-10.11 is built weakly typed with ``BuilderFlag.FP16`` and the
+  island layers (:func:`refusion.export.fp16.choose_fp32_nodes`) pinned to FP32 under
+  ``OBEY_PRECISION_CONSTRAINTS``. TensorRT 10.12 deprecated weak typing and 11 removed those
+  flags, so from 10.12 on the FP32 ONNX is converted to the FP16 graph in memory first and
+  built strongly typed.
 
 The plan is written with a sidecar ``<plan>.json`` (TensorRT version, GPU and compute
 capability, ONNX SHA-256, profile, precision, accuracy) and only after the built engine matched
@@ -56,7 +57,18 @@ def import_tensorrt():
 
 
 def tensorrt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+    return tensorrt_version(trt)[0]
+
+
+def tensorrt_version(trt) -> tuple[int, int]:
+    """``(major, minor)`` of a ``tensorrt`` module (``"10.12.0.36"`` -> ``(10, 12)``)."""
+    parts = (str(trt.__version__).split(".") + ["0"])[:2]
+    return int(parts[0]), int(re.match(r"\d*", parts[1]).group() or 0)
+
+
+#: TensorRT 10.12 deprecated weak typing (builder precision flags); from there on an FP32
+#: file is built like on TensorRT 11: converted to FP16 in memory, strongly typed.
+WEAK_TYPING_DEPRECATED = (10, 12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,15 +172,17 @@ def onnx_precision(model) -> str:
     return "fp16" if has_half else "fp32"
 
 
-def plan_build(model, trt_major: int, fp16: bool = True) -> BuildSettings:
+def plan_build(model, trt_version: int | tuple[int, int], fp16: bool = True) -> BuildSettings:
     """Decide typing, flags and FP32 pins for ``model`` (an ``onnx.ModelProto``).
 
     Args:
-        trt_major: TensorRT major version (10 or 11+).
+        trt_version: TensorRT ``(major, minor)``, or the major alone (minor 0).
         fp16: build an FP16 engine (the default); ``False`` keeps an FP32 ONNX in FP32.
     """
     from refusion.export.fp16 import choose_fp32_nodes
 
+    version = (trt_version, 0) if isinstance(trt_version, int) else tuple(trt_version)
+    trt_major = version[0]
     prec = onnx_precision(model)
     if trt_major < 10:
         raise UserError(f"TensorRT {trt_major} is too old: refusion needs TensorRT 10 or newer")
@@ -176,7 +190,7 @@ def plan_build(model, trt_major: int, fp16: bool = True) -> BuildSettings:
         return BuildSettings(trt_major, prec, "fp16-strongly-typed", True, False, False)
     if not fp16:
         return BuildSettings(trt_major, prec, "fp32", trt_major >= 11, False, False)
-    if trt_major == 10:
+    if version < WEAK_TYPING_DEPRECATED:
         pins = choose_fp32_nodes(model)
         wanted = set(pins)
         tensors = [o for n in model.graph.node if n.name in wanted for o in n.output]
@@ -450,9 +464,8 @@ def build_engine(
         raise UserError(f"ONNX model not found: {onnx_path}")
     profile = make_profile(min_shape, opt_shape, max_shape, batch)
     trt = import_tensorrt()
-    major = tensorrt_major(trt)
     model = onnx.load(str(onnx_path))
-    settings = plan_build(model, major, fp16)
+    settings = plan_build(model, tensorrt_version(trt), fp16)
     net_model = network_model(model, settings)
     log.info(
         "building TensorRT %s engine (%s), profile min %s opt %s max %s, batch <= %d",

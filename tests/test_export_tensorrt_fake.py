@@ -82,8 +82,10 @@ def test_fp16_onnx_is_built_strongly_typed(use_trt, onnx_files, tmp_path):
     assert side["timing_cache"] is None and not list(plan.parent.glob("*.cache"))
 
 
-def test_fp32_onnx_on_tensorrt10_pins_the_islands(use_trt, onnx_files, graphs, tmp_path):
-    use_trt(version="10.9.0.34")
+@pytest.mark.parametrize("version", ["10.0.1.6", "10.11.0.33"])
+def test_fp32_onnx_on_tensorrt10_pins_the_islands(use_trt, onnx_files, graphs, tmp_path,
+                                                  version):
+    use_trt(version=version)
     m32, _ = graphs
     plan = tmp_path / "m.plan"
     _build(onnx_files["fp32"], plan)
@@ -106,13 +108,16 @@ def test_fp32_onnx_on_tensorrt10_pins_the_islands(use_trt, onnx_files, graphs, t
     assert tb.read_plan_sidecar(plan)["precision"] == "fp16-weak-pinned"
 
 
-def test_fp32_onnx_on_tensorrt11_is_converted_in_memory(use_trt, onnx_files, tmp_path):
-    use_trt(version="11.0.0.1")
+@pytest.mark.parametrize("version", ["11.0.0.1", "10.12.0.36", "10.13.2.6"])
+def test_fp32_onnx_from_tensorrt10_12_is_converted_in_memory(use_trt, onnx_files, tmp_path,
+                                                            version):
+    # TensorRT 10.12 deprecated weak typing, 11 removed it: both build the FP16 graph
+    use_trt(version=version)
     plan = tmp_path / "m.plan"
     before = onnx_files["fp32"].read_bytes()
     _build(onnx_files["fp32"], plan)
     told = read_fake_plan(plan)
-    # TensorRT 11 has no FP16 builder flag: the parser got the FP16 graph, strongly typed
+    # no weak-typing flags: the parser got the FP16 graph, strongly typed
     assert told["strongly_typed"] and told["flags"] == [] and told["fp16_initializers"]
     assert onnx_files["fp32"].read_bytes() == before  # converted in memory only
     side = tb.read_plan_sidecar(plan)
@@ -148,6 +153,14 @@ def test_timing_cache_is_reused_and_a_foreign_one_replaced(use_trt, onnx_files, 
         *refused, ("set_timing_cache", 0, True)]
     assert read_fake_plan(plan)["timing_cache_bytes"] == 0
     assert cache.read_bytes() == b"GPU-8.9|builds=1"  # replaced by this GPU's
+
+
+def test_tensorrt_version():
+    import types
+
+    for text, want in [("10.12.0.36", (10, 12)), ("11.0.0.1", (11, 0)), ("10", (10, 0)),
+                       ("10.13rc1", (10, 13))]:
+        assert tb.tensorrt_version(types.SimpleNamespace(__version__=text)) == want
 
 
 @pytest.mark.parametrize(
