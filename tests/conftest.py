@@ -67,3 +67,20 @@ def pair_files(tmp_path: Path, photo_pair) -> tuple[Path, Path]:
     cv2.imwrite(str(a), ir)
     cv2.imwrite(str(b), vis)
     return a, b
+
+
+@pytest.fixture(scope="session")
+def tiny_graphs():
+    """FP32 and FP16 ONNX graphs (``onnx.ModelProto``) of a tiny random fusion network, as
+    ``refusion-export`` writes them (simplified; the FP16 one with FP32 islands)."""
+    import torch
+    from refusion.export import fp16 as f16
+    from refusion.export import onnx_export as oe
+
+    from refusion.models import FusionConfig, FusionNet
+
+    torch.manual_seed(0)
+    net = FusionNet(FusionConfig(dim=8, blocks=1, heads=2)).eval()
+    m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
+    m16, _ = f16.convert_to_fp16(m32)
+    return m32, m16

@@ -8,22 +8,16 @@ import json
 import onnx
 import pytest
 from refusion.export import census
-from refusion.export import fp16 as f16
-from refusion.export import onnx_export as oe
 from refusion.export import tensorrt_build as tb
 
 from refusion.errors import UserError
-from refusion.models import FusionConfig, FusionNet
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 @pytest.fixture(scope="module")
-def graphs():
-    net = FusionNet(FusionConfig(dim=8, blocks=1, heads=2)).eval()
-    m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
-    m16, _ = f16.convert_to_fp16(m32)
-    return m32, m16
+def graphs(tiny_graphs):
+    return tiny_graphs
 
 
 @pytest.mark.parametrize(

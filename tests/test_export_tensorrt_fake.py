@@ -19,7 +19,6 @@ import onnx
 import pytest
 import torch
 from _fake_tensorrt import make_fake_tensorrt, read_fake_plan
-from refusion.export import fp16 as f16
 from refusion.export import onnx_export as oe
 from refusion.export import tensorrt_build as tb
 
@@ -30,11 +29,8 @@ PROFILE = {"min_shape": (16, 16), "opt_shape": (48, 64), "max_shape": (96, 128),
 
 
 @pytest.fixture(scope="module")
-def graphs():
-    net = FusionNet(FusionConfig(dim=8, blocks=1, heads=2)).eval()
-    m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
-    m16, _ = f16.convert_to_fp16(m32)
-    return m32, m16
+def graphs(tiny_graphs):
+    return tiny_graphs
 
 
 @pytest.fixture
