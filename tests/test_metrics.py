@@ -426,18 +426,32 @@ def test_constant_source_gives_nan_with_warning(triplet, name):
         assert math.isnan(M.compute(name, a, b, f))
 
 
-def test_flat_windows_in_both_sources():
+@pytest.mark.parametrize("level", [0.0, 37.0, 100.0, 255.0])
+def test_flat_windows_in_both_sources(level):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (40, 40)).astype(float)
     b = rng.integers(0, 256, (40, 40)).astype(float)
-    a[:20, :20] = 0
-    b[:20, :20] = 0
+    a[:20, :20] = level
+    b[:20, :20] = level
     f = np.round((a + b) / 2)
     with pytest.warns(DegenerateInputWarning, match="Q_Y"):
         assert math.isnan(M.q_y(a, b, f, "liu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert math.isfinite(M.q_y(a, b, f, "mefb"))
+        got = M.q_y(a, b, f, "mefb")
+    # the flat windows are dropped at any level (their variances are exactly 0, not rounding
+    # noise), so the score is that of the other windows, computed directly
+    w = _fspecial(7, 1.5)
+    c = 2e-16
+    s_ab, va, vb = (lambda r: (r[0], r[2], r[3]))(_ssim_wang(a, b, w, c, c))
+    s_af, s_bf = _ssim_wang(a, f, w, c, c)[0], _ssim_wang(b, f, w, c, c)[0]
+    keep = np.ones_like(s_ab, bool)
+    keep[: 20 - 6, : 20 - 6] = False  # the 7x7 windows inside the flat square
+    binm = s_ab >= 0.75
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = va / (va + vb)
+    q = (lam * s_af + (1 - lam) * s_bf) * binm + np.maximum(s_af, s_bf) * ~binm
+    assert got == pytest.approx(q[keep].mean(), rel=1e-9)
 
 
 @pytest.mark.parametrize("level", [0.0, 37.0, 255.0])

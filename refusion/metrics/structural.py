@@ -215,16 +215,34 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray,
     return va + vb if comb == "sum" else (va + vb) / 2
 
 
+def _flat_windows(x: np.ndarray, size: int) -> np.ndarray:
+    """True where the ``size`` x ``size`` window ('valid' positions) of ``x`` is constant."""
+    kernel = np.ones((size, size), np.uint8)
+    h = size // 2
+    lo = cv2.erode(x, kernel, borderType=cv2.BORDER_REPLICATE)
+    hi = cv2.dilate(x, kernel, borderType=cv2.BORDER_REPLICATE)
+    return (hi == lo)[h : x.shape[0] - h, h : x.shape[1] - h]
+
+
 def _yang_maps(a, b, f, w1d):
     """Yang's SSIM maps (C1 = C2 = 2e-16) of (A,B), (A,F), (B,F) and the local variances of A
-    and B; each image's local mean and variance are filtered once."""
+    and B; each image's local mean and variance are filtered once.
+
+    In a window where an image is constant its variance and covariances are 0 exactly: the
+    filtered ``E[x^2] - E[x]^2`` is rounding noise there at a non-zero level, and with
+    C = 2e-16 that noise, not the image, would decide the window (and whether MEFB drops it).
+    """
     c = 2e-16
     mu = {k: filter_valid(x, w1d) for k, x in (("a", a), ("b", b), ("f", f))}
     var = {k: filter_valid(x * x, w1d) - mu[k] * mu[k] for k, x in (("a", a), ("b", b), ("f", f))}
+    flat = {k: _flat_windows(x, len(w1d)) for k, x in (("a", a), ("b", b), ("f", f))}
+    for k in var:
+        var[k][flat[k]] = 0.0
 
     def smap(kx, x, ky, y):
         mx, my = mu[kx], mu[ky]
         vxy = filter_valid(x * y, w1d) - mx * my
+        vxy[flat[kx] | flat[ky]] = 0.0
         return ((2 * mx * my + c) * (2 * vxy + c)) / ((mx * mx + my * my + c)
                                                       * (var[kx] + var[ky] + c))
 
@@ -246,10 +264,6 @@ def q_y(a: np.ndarray, b: np.ndarray, f: np.ndarray, convention: str = "mefb") -
         raise ValueError(f"unknown Q_Y convention {convention!r}")
     if min(a.shape) < 11:
         return degenerate("Q_Y", "the reference needs images of at least 11x11")
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
-        # every window is flat in both sources; at a non-zero level the filtered variances are
-        # rounding noise instead of 0, which would give 1.0 instead of the flat-window NaN
-        return degenerate("Q_Y", "both sources are constant, so every window is flat in both")
     w = gauss1d(7, 1.5)
     s_ab, s_af, s_bf, va, vb = _yang_maps(a, b, f, w)
     binm = s_ab >= 0.75
