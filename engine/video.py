@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from refusion.errors import UserError
-from refusion.imaging import IMAGE_SUFFIXES, read_image
+from refusion.imaging import list_image_folder, read_image
 from refusion.utils.atomic import atomic_write_text
 
 DEFAULT_FPS = 30.0
@@ -145,8 +145,16 @@ class FrameSource:
             if not p.exists():
                 raise UserError(f"--{name}: not found: {p}")
             if p.is_dir():
-                self._files = sorted((f for f in p.iterdir()
-                                      if f.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+                # the listing every command uses: hidden files (macOS ._ forks) are not
+                # frames; a broken link or two frames of one name fail now, not mid-stream
+                listing = list_image_folder(p)
+                if listing.broken:
+                    raise UserError(f"--{name}: {listing.broken_text(min(listing.broken))}")
+                if listing.duplicates:
+                    kept, other = listing.duplicates[0]
+                    raise UserError(f"--{name} {p}: two frames named {kept.stem!r}: "
+                                    f"{kept.name} and {other.name}")
+                self._files = sorted(listing.images.values(), key=natural_key)
                 if not self._files:
                     raise UserError(f"--{name} {p}: folder holds no images")
             else:

@@ -188,8 +188,9 @@ def plan_build(model, trt_version: int | tuple[int, int], fp16: bool = True) -> 
         raise UserError(f"TensorRT {trt_major} is too old: refusion needs TensorRT 10 or newer")
     if prec == "fp16":
         return BuildSettings(trt_major, prec, "fp16-strongly-typed", True, False, False)
-    if not fp16:
-        return BuildSettings(trt_major, prec, "fp32", trt_major >= 11, False, False)
+    if not fp16:  # strongly typed wherever weak typing is deprecated (all FP32 either way)
+        return BuildSettings(trt_major, prec, "fp32", version >= WEAK_TYPING_DEPRECATED, False,
+                             False)
     if version < WEAK_TYPING_DEPRECATED:
         pins = choose_fp32_nodes(model)
         wanted = set(pins)
@@ -371,7 +372,9 @@ def _configure(trt, builder, network, settings: BuildSettings, profile: Profile,
         log.info("  pinned %d layers to FP32 (weakly typed FP16 build)", pinned)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(profile.input, profile.min, profile.opt, profile.max)
-    config.add_optimization_profile(opt_profile)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise UserError(f"TensorRT refused the optimisation profile min {_hw(profile.min)}, "
+                        f"opt {_hw(profile.opt)}, max {_hw(profile.max)} (see its log above)")
     return config
 
 

@@ -4,7 +4,11 @@ It implements the slice of the TensorRT 10/11 Python API that ``refusion.export.
 and the TensorRT backend call, strictly: an attribute the real API lacks raises AttributeError,
 and calls are recorded so tests can check what was configured. The "network" is the parsed
 ONNX graph, one layer per node, with the element types ONNX shape inference gives each output;
-the "plan" is JSON describing the build, so a test can read back what the builder was told.
+some ops also get a helper layer (see ``HELPER_OPS``), as the real parser makes; the "plan"
+is JSON describing the build, so a test can read back what the builder was told. It refuses
+what TensorRT refuses where that could hide a bug: precision hints on a strongly typed
+network, an invalid optimisation profile (``add_optimization_profile`` returns -1), a build
+with a network input no profile covers (``build_serialized_network`` returns None).
 
 Nothing here imitates TensorRT's numerics: code after deserialisation needs a GPU and is tested
 on one.
@@ -45,14 +49,22 @@ class Tensor:
         self.name, self.dtype = name, dtype
 
 
+#: ONNX ops the stand-in parser expands into two layers, as the real one does for some ops:
+#: the node's own layer and a helper with an internal output, named ``<node>_1`` or unnamed
+#: (``(Unnamed Layer* k) [Shuffle]``, known only by its metadata on TensorRT 10)
+HELPER_OPS = {"LayerNormalization": "suffix", "Softmax": "unnamed"}
+
+
 class Layer:
-    def __init__(self, node: onnx.NodeProto, dtypes: dict[str, DataType], major: int) -> None:
-        self.name = node.name
-        self._outputs = [Tensor(o, dtypes.get(o, DataType.FLOAT)) for o in node.output if o]
-        self.precision = None
+    def __init__(self, name: str, node: str, outputs: list[Tensor], major: int,
+                 strongly_typed: bool) -> None:
+        self.name = name
+        self._outputs = outputs
+        self._precision = None
+        self._strongly_typed = strongly_typed
         self.output_types: dict[int, DataType] = {}
         if major == 10:  # ILayer.metadata: the ONNX node a layer came from
-            self.metadata = f"[ONNX Layer: {node.name}]"
+            self.metadata = f"[ONNX Layer: {node}]"
 
     @property
     def num_outputs(self) -> int:
@@ -61,14 +73,32 @@ class Layer:
     def get_output(self, j: int) -> Tensor:
         return self._outputs[j]
 
+    @property
+    def precision(self):
+        return self._precision
+
+    @precision.setter
+    def precision(self, dtype: DataType) -> None:
+        self._check_weak("precision")
+        self._precision = dtype
+
     def set_output_type(self, j: int, dtype: DataType) -> None:
+        self._check_weak("set_output_type")
         self.output_types[j] = dtype
+
+    def _check_weak(self, what: str) -> None:
+        # TensorRT refuses precision hints on a strongly typed network (the types are the
+        # graph's); an error here catches pins applied on the wrong path
+        if self._strongly_typed:
+            raise RuntimeError(f"ILayer.{what}: not allowed on a strongly typed network")
 
 
 class Network:
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: int, strongly_typed: bool) -> None:
         self.flags = flags
+        self.strongly_typed = strongly_typed
         self.layers: list[Layer] = []
+        self.inputs: dict[str, int] = {}  # name -> rank
         self.onnx_model: onnx.ModelProto | None = None
 
     @property
@@ -82,9 +112,16 @@ class Network:
 class Profile:
     def __init__(self) -> None:
         self.shapes: dict[str, tuple] = {}
+        self.valid = True
 
     def set_shape(self, name: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
-        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        lo, mid, hi = tuple(min), tuple(opt), tuple(max)
+        # TensorRT logs an invalid shape triple and marks the profile invalid (checked when it
+        # is added to a config)
+        if not (len(lo) == len(mid) == len(hi)) or any(
+                not (1 <= x <= y <= z) for x, y, z in zip(lo, mid, hi)):
+            self.valid = False
+        self.shapes[name] = (lo, mid, hi)
 
 
 class TimingCache:
@@ -151,8 +188,17 @@ def make_fake_tensorrt(
             inferred = onnx.shape_inference.infer_shapes(model)
             dtypes = {v.name: _ONNX_TO_TRT.get(v.type.tensor_type.elem_type, DataType.FLOAT)
                       for v in [*inferred.graph.value_info, *inferred.graph.output]}
-            self._network.onnx_model = model
-            self._network.layers = [Layer(n, dtypes, major) for n in model.graph.node]
+            net = self._network
+            net.onnx_model = model
+            net.inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+            for n in model.graph.node:
+                outs = [Tensor(o, dtypes.get(o, DataType.FLOAT)) for o in n.output if o]
+                net.layers.append(Layer(n.name, n.name, outs, major, net.strongly_typed))
+                if n.op_type in HELPER_OPS:
+                    aux = [Tensor(f"{n.name}_aux", outs[0].dtype)]
+                    name = (f"{n.name}_1" if HELPER_OPS[n.op_type] == "suffix"
+                            else f"(Unnamed Layer* {len(net.layers)}) [Shuffle]")
+                    net.layers.append(Layer(name, n.name, aux, major, net.strongly_typed))
             trt.events.append(("parse", len(model.graph.node)))
             return True
 
@@ -177,6 +223,8 @@ def make_fake_tensorrt(
             self.flags.add(trt.BuilderFlag(flag))
 
         def add_optimization_profile(self, profile: Profile) -> int:
+            if not profile.valid or not profile.shapes:
+                return -1  # what TensorRT returns for an invalid profile
             self.profiles.append(profile)
             return len(self.profiles) - 1
 
@@ -205,7 +253,8 @@ def make_fake_tensorrt(
 
         def create_network(self, flags: int = 0) -> Network:
             trt.events.append(("create_network", flags))
-            return Network(flags)
+            strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+            return Network(flags, bool(flags & strongly) or major >= 11)
 
         def create_builder_config(self) -> BuilderConfig:
             return BuilderConfig()
@@ -215,13 +264,16 @@ def make_fake_tensorrt(
 
         def build_serialized_network(self, network: Network, config: BuilderConfig):
             trt.events.append(("build", None))
-            if build_fails:
+            # every input is dynamic (N, H, W) in our exports: each needs a shape in a profile
+            covered = {name for p in config.profiles for name in p.shapes}
+            if build_fails or not set(network.inputs) <= covered or any(
+                    len(p.shapes.get(n, ((),))[0]) != r for p in config.profiles
+                    for n, r in network.inputs.items()):
                 return None
             trt.builds += 1
-            strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
             initializer_types = {t.data_type for t in network.onnx_model.graph.initializer}
             description = {
-                "strongly_typed": bool(network.flags & strongly) or major >= 11,
+                "strongly_typed": network.strongly_typed,
                 "flags": sorted(f.name for f in config.flags),
                 "workspace": config.pool_limits.get(MemoryPoolType.WORKSPACE),
                 "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()}

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _fake_tensorrt import make_fake_tensorrt, read_fake_plan
+from _fake_tensorrt import HELPER_OPS, make_fake_tensorrt, read_fake_plan
 from refusion.export import onnx_export as oe
 from refusion.export import tensorrt_build as tb
 
@@ -97,7 +97,15 @@ def test_fp32_onnx_on_tensorrt10_pins_the_islands(use_trt, onnx_files, graphs, t
             for v in [*inferred.graph.value_info, *inferred.graph.output]}
     float_islands = {n.name for n in m32.graph.node if n.name in set(settings.fp32_pins)
                      and any(elem.get(o) == onnx.TensorProto.FLOAT for o in n.output)}
-    assert pinned == float_islands and len(pinned) >= 10
+    # the parser's helper layers of an island are pinned too: found by name (<node>_1) or,
+    # unnamed, by the node in their metadata
+    helpers = {n.name: n.op_type for n in m32.graph.node
+               if n.name in float_islands and n.op_type in HELPER_OPS}
+    assert set(helpers.values()) == set(HELPER_OPS)
+    by_suffix = {f"{n}_1" for n, op in helpers.items() if HELPER_OPS[op] == "suffix"}
+    unnamed = {p for p in pinned if p.startswith("(Unnamed Layer*")}
+    assert pinned == float_islands | by_suffix | unnamed and len(float_islands) >= 10
+    assert len(unnamed) == sum(HELPER_OPS[op] == "unnamed" for op in helpers.values())
     assert told["pinned_outputs"] >= len(pinned)
     assert {n.op_type for n in m32.graph.node if n.name in pinned} >= {
         "Softmax", "Sigmoid", "LayerNormalization", "ReduceL2"}
@@ -121,6 +129,7 @@ def test_fp32_onnx_from_tensorrt10_12_is_converted_in_memory(use_trt, onnx_files
     _build(onnx_files["fp32"], plan, fp16=False)
     told = read_fake_plan(plan)
     assert not told["fp16_initializers"] and tb.read_plan_sidecar(plan)["precision"] == "fp32"
+    assert told["strongly_typed"] and told["flags"] == []  # no deprecated weak typing either
 
 
 @pytest.mark.parametrize("refusal", ["refuse", "none", "raise"])
@@ -181,6 +190,18 @@ def test_failures_are_one_line_and_keep_the_old_plan(use_trt, onnx_files, tmp_pa
     assert plan.read_bytes() == old_plan and tb.sidecar_path(plan).read_bytes() == old_side
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan", "m.plan.json", "m16.onnx",
                                                           "m32.onnx"]
+
+
+def test_a_refused_profile_is_named(use_trt, onnx_files, tmp_path, monkeypatch):
+    use_trt()
+    # a profile TensorRT finds invalid (here forced: ours are validated before) is an error
+    # naming the sizes, not a failed build minutes later
+    monkeypatch.setattr(tb, "make_profile", lambda *a, **k: tb.Profile(
+        (1, 2, 64, 64), (1, 2, 32, 32), (1, 2, 128, 128)))
+    with pytest.raises(UserError, match="refused the optimisation profile min 64x64, opt "
+                                        "32x32, max 128x128"):
+        _build(onnx_files["fp16"], tmp_path / "m.plan")
+    assert not (tmp_path / "m.plan").exists()
 
 
 def test_missing_onnx_is_named_before_tensorrt(use_trt, tmp_path):

@@ -115,6 +115,10 @@ def test_float_images_within_0_1_are_scaled_like_8_bit_ones(tmp_path):
     colour = tmp_path / "colour.tif"  # a colour float file within 0..1: luma of the 0..255 data
     assert cv2.imwrite(str(colour), np.dstack([unit, unit, unit]))
     assert np.array_equal(read_grey(colour), grey)
+    from refusion.metrics._io import to_grey255
+
+    bgra = np.dstack([unit, unit, unit, np.full_like(unit, 255.0)])  # alpha on its own scale
+    assert np.array_equal(to_grey255(bgra), grey)
 
 
 def test_a_dark_16bit_frame_after_a_bright_scene_stays_dark():

@@ -64,8 +64,11 @@ class _FakeCudaModule:
 @pytest.fixture
 def fake_cuda_module(monkeypatch):
     def install(answers, with_probe=True):
+        from refusion.ops import _dispatch
+
         mod = _FakeCudaModule(answers, with_probe)
         monkeypatch.setattr(_native, "native_module", lambda: mod)
+        monkeypatch.setattr(_dispatch, "native_module", lambda: mod)  # imported by name there
         _native.cuda_kernels_usable.cache_clear()
         return mod
 

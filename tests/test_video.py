@@ -257,6 +257,18 @@ def test_sources_read_folders_in_natural_order_and_files_at_their_own_rate(tmp_p
     assert got == [1, 2, 9, 10, 11]
     vis = write_video(tmp_path / "vis.mp4", 3, fps=30.0)
     assert FrameSource(vis, "vis", fps=9).fps == pytest.approx(30.0)  # --fps is the folder's
+    # a macOS fork is not a frame; a broken link or two frames of one name fail at opening
+    (frames / "._frame_3.png").write_bytes(b"\x00\x05\x16\x07")
+    src = FrameSource(str(frames), "ir", fps=9)
+    assert [int(src.read()[0][0, 0]) for _ in range(5)] == [1, 2, 9, 10, 11]
+    os.symlink(tmp_path / "gone.png", frames / "frame_12.png")
+    with pytest.raises(UserError, match="--ir: .*frame_12.png: broken link to .*gone.png"):
+        FrameSource(str(frames), "ir", fps=9)
+    os.remove(frames / "frame_12.png")
+    cv2.imwrite(str(frames / "frame_2.jpg"), np.full((8, 8), 2, np.uint8))
+    with pytest.raises(UserError, match="two frames named 'frame_2': frame_2.jpg and "
+                                        "frame_2.png"):
+        FrameSource(str(frames), "ir", fps=9)
 
 
 class _FakeCamera:

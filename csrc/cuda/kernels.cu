@@ -262,14 +262,20 @@ const char* probe(int device) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err == cudaSuccess && (device < 0 || device >= count)) return "no such CUDA device";
+  int prev = -1;
+  if (err == cudaSuccess) err = cudaGetDevice(&prev);
+  // an explicit switch (not DeviceGuard, which would silently stay on the previous device if
+  // the switch failed, and then probe the wrong GPU)
+  if (err == cudaSuccess && prev != device) err = cudaSetDevice(device);
   if (err == cudaSuccess) {
-    DeviceGuard guard(device);
     cudaFuncAttributes attr;
     err = cudaFuncGetAttributes(&attr, sobel_fwd_kernel<float>);
     if (err == cudaSuccess) err = cudaFuncGetAttributes(&attr, gelu_mul_bwd_kernel<__half>);
   }
+  if (prev >= 0 && prev != device) cudaSetDevice(prev);
   if (err == cudaSuccess) return nullptr;
-  cudaGetLastError();  // clear the (non-sticky) error so that torch does not report it later
+  // clear the (non-sticky) error, or the next launch's cudaGetLastError here would report it
+  cudaGetLastError();
   return cudaGetErrorString(err);
 }
 

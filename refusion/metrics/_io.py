@@ -26,9 +26,10 @@ def to_grey255(img: np.ndarray) -> np.ndarray:
     """
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
+    if img.ndim == 3:
+        img = img[:, :, :3]  # alpha is not part of the picture (nor of its value range)
     img = unit_float_to_255(img)
     if img.ndim == 3:
-        img = img[:, :, :3]
         if img.dtype == np.uint8:
             return cv2.cvtColor(img, cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(np.float64)
         y = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(np.float64)
