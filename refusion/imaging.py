@@ -118,12 +118,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def unit_float_to_255(img: np.ndarray) -> np.ndarray:
-    """Float pixel data of a file within 0..1 (the usual float convention, e.g. a float TIFF)
-    scaled to 0..255; anything else (integers, floats beyond 1) returned as it is.
+    """Float pixel data of a file on the 0..1 scale (the usual float convention, e.g. a float
+    TIFF) scaled to 0..255; anything else (integers, floats beyond 1) returned as it is.
 
-    The one place this rule lives: fusion, training and the metrics read files through it.
+    0..1 means: every value at most 1, and none below -1 (a network's slight undershoot below
+    0 does not turn a 0..1 image into a 0..255 one). The one place this rule lives: fusion,
+    training and the metrics read files through it.
     """
-    if img.dtype.kind == "f" and img.size and img.min() >= 0.0 and img.max() <= 1.0:
+    if img.dtype.kind == "f" and img.size and img.min() >= -1.0 and img.max() <= 1.0:
         return img * img.dtype.type(255.0)
     return img
 

@@ -184,3 +184,118 @@ def test_real_tno_triplet_if_available():
     vals = compute_suite(a, b, np.round((a + b) / 2))
     assert all(math.isfinite(v) for v in vals.values())
     assert 0 < vals["Qabf"] < 1 and vals["EN"] > 0
+
+
+def _run(folders, *extra, fused=("good",)):
+    args = ["--a", str(folders["ir"]), "--b", str(folders["vi"]), "--workers", "1"]
+    for f in fused:
+        args += ["--fused", str(folders[f]) if f in folders else f]
+    return main(args + list(extra))
+
+
+def test_float_files_slightly_below_zero_are_on_the_unit_scale(folders, tmp_path):
+    # a network's float output undershoots 0 a little: still 0..1 data, scaled by 255, and
+    # the clipped values are reported with the file, not silently turned into a dark image
+    out, ref = tmp_path / "float", tmp_path / "ref"
+    out.mkdir()
+    ref.mkdir()
+    for i in range(3):
+        g = cv2.imread(str(folders["good"] / f"{i:02d}.png"), cv2.IMREAD_UNCHANGED)
+        f = g.astype(np.float32) / 255
+        f[0, 0] = -0.002
+        g[0, 0] = 0  # what the clipped float file holds, as 8 bits
+        cv2.imwrite(str(out / f"{i:02d}.tiff"), f)
+        cv2.imwrite(str(ref / f"{i:02d}.png"), g)
+    res = evaluate_folders(folders["ir"], folders["vi"], [ref, out],
+                           metrics=["EN", "SD"], workers=1)
+    for stem in ("00", "01", "02"):
+        for m in ("EN", "SD"):
+            assert res.values["float"][stem][m] == pytest.approx(
+                res.values["ref"][stem][m], rel=1e-9)
+    assert any("00.tiff" in n and "clipped" in n for n in res.notes)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bad_pixel_data_is_one_line_naming_the_file(folders, tmp_path, capsys, workers):
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    for i in range(3):
+        f = np.full((24, 20), 0.5, np.float32)
+        f[3, 4] = np.nan
+        cv2.imwrite(str(nan / f"{i:02d}.tiff"), f)
+    with pytest.raises(SystemExit) as exc:
+        _run(folders, "--metrics", "EN", "--workers", workers, fused=[str(nan)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "contains NaN or Inf" in err[0]
+    assert ".tiff" in err[0]
+    signed = tmp_path / "signed"
+    signed.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(signed / f"{i:02d}.tiff"), np.full((24, 20), 100, np.int16))
+    with pytest.raises(SystemExit):
+        _run(folders, "--metrics", "EN", fused=[str(signed)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unsupported pixel type int16" in err[0] and "00.tiff" in err[0]
+
+
+def test_a_narrow_16bit_source_is_noted(folders, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        ir = cv2.imread(str(folders["ir"] / f"{i:02d}.png"), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(raw / f"{i:02d}.png"), (ir.astype(np.uint16) * 8 + 7000))
+    res = evaluate_folders(raw, folders["vi"], folders["good"], metrics=["EN"], workers=1)
+    assert any("00.png: a 16-bit image using only levels" in n for n in res.notes)
+
+
+def test_ties_are_all_bold_and_outputs_say_what_was_scored(folders, tmp_path, capsys):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(folders["good"], twin)
+    res = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], twin],
+                           metrics=["EN", "SD"], workers=1)
+    md = res.to_markdown()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| good") or ln.startswith("| twin")]
+    assert len(rows) == 2 and all(r.count("**") == 4 for r in rows)  # both bold, both columns
+    assert (f"Sources: A = {folders['ir']}, B = {folders['vi']}; 3 image pairs scored."
+            in md)
+    assert _run(folders, "--metrics", "EN,en,SD", "--convention", "SF.vifb",
+                "--format", "csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["a"] == str(folders["ir"]) and rows[0]["b"] == str(folders["vi"])
+    assert rows[0]["fused"] == str(folders["good"])
+    assert rows[0]["conventions"] == "EN=cddfuse;SD=cddfuse"  # SF is not scored: not listed
+    assert [k for k in rows[0] if k.endswith("_mean")] == ["EN_mean", "SD_mean"]
+
+
+def test_notes_name_the_method(folders, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(flat / f"{i:02d}.png"), np.full((24, 20), 7, np.uint8))
+    res = evaluate_folders(folders["ir"], folders["vi"], [folders["good"], flat],
+                           metrics=["CC"], workers=1)
+    assert res.notes and all(n.startswith("flat: ") for n in res.notes)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--metrics", ","], "--metrics names no metric"),
+    (["--metrics", "EN", "--fused", "{good}"], "is given twice"),
+    (["--metrics", "EN", "--fused", "{nope}"], "no such file or folder: {nope}"),
+])
+def test_more_one_line_errors(folders, tmp_path, capsys, args, needle):
+    subst = {"good": str(folders["good"]), "nope": str(tmp_path / "nope.png")}
+    args = [a.format(**subst) for a in args]
+    with pytest.raises(SystemExit) as exc:
+        _run(folders, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and needle.format(**subst) in err[0]
+
+
+def test_a_missing_single_file_is_named(folders, tmp_path, capsys):
+    ir, vi = folders["ir"] / "01.png", folders["vi"] / "01.bmp"
+    with pytest.raises(SystemExit):
+        main(["--a", str(ir), "--b", str(vi), "--fused", str(tmp_path / "nope.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no such file or folder: {tmp_path / 'nope.png'}" in err[0]

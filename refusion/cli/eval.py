@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``refusion-eval``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    metrics = [m for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    metrics = None
+    if args.metrics is not None:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if not metrics:  # "--metrics ," must not mean "all of them"
+            raise UserError(f"--metrics names no metric: {args.metrics!r}")
     if args.workers is not None and args.workers < 0:
         raise UserError("--workers must be >= 0")
     for path in (args.output, args.per_image):

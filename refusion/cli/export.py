@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same as the positional CKPT (as in refusion-fuse)")
     p.add_argument("--task", choices=TASKS,
                    help="task whose shipped learnt weights are exported without CKPT (default "
-                   "ivif); checked against the checkpoint")
+                   "ivif); checked against the task a refusion checkpoint records (the "
+                   "authors' .pth records none)")
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")
     p.add_argument("--fp16", action="store_true", help="write the FP16 graph (FP32 islands)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")

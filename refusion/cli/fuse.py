@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ".plan (default: the shipped learnt weights of --task)")
     p.add_argument("--task", choices=TASKS,
                    help="fusion task: picks the default weights (ivif when absent) and is "
-                   "checked against the checkpoint")
+                   "checked against the task a refusion checkpoint records (the authors' "
+                   ".pth, .onnx and .plan files record none)")
     add_backend_options(p, BACKENDS)
     p.add_argument(
         "--normalize", choices=("fixed", "minmax"), default="fixed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -10,20 +11,35 @@ import numpy as np
 from refusion.errors import UserError
 from refusion.imaging import IMAGE_SUFFIXES, unit_float_to_255  # noqa: F401 - re-exported
 
+from ._common import InputRangeWarning
 
-def to_grey255(img: np.ndarray) -> np.ndarray:
+#: pixel types the metrics read (others, e.g. signed integers, have no agreed 0..255 mapping)
+_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
+def to_grey255(img: np.ndarray, name: str = "the image") -> np.ndarray:
     """Convert a decoded image to a float64 0..255 grey image with integer values.
 
     Colour (BGR/BGRA) becomes the Y channel of OpenCV's BGR2YCrCb (0.299/0.587/0.114, what
     CDDFuse and the toolboxes use), rounded to integers. 16-bit data is scaled by 255/65535
-    and rounded; float data is taken as 0..1 when it lies within 0..1 (a float TIFF written
-    by most tools) and scaled by 255, else as 0..255.
+    and rounded; float data is taken as 0..1 when its values are at most 1 (a float TIFF
+    written by most tools; a slight undershoot below 0 allowed) and scaled by 255, else as
+    0..255. Values then outside 0..255 are clipped, with an :class:`InputRangeWarning`
+    naming ``name``.
 
     Args:
         img: (H, W), (H, W, 3) or (H, W, 4) array as returned by ``cv2.imread``.
+        name: what the warnings call the image (``read_grey`` passes the file).
     Returns:
         (H, W) float64 array.
+    Raises:
+        ValueError: an unsupported pixel type, or NaN/Inf in float data.
     """
+    if img.dtype not in _DTYPES:
+        raise ValueError(f"unsupported pixel type {img.dtype} in {name} (the metrics read "
+                         "8- and 16-bit unsigned and float images)")
+    if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
+        raise ValueError(f"{name} contains NaN or Inf")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 3:
@@ -35,18 +51,37 @@ def to_grey255(img: np.ndarray) -> np.ndarray:
         y = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(np.float64)
     else:
         y = img.astype(np.float64)
+    if img.dtype == np.uint8:
+        return y
     if img.dtype == np.uint16:
         y = y * (255.0 / 65535.0)
-    return np.clip(np.round(y), 0, 255) if img.dtype != np.uint8 else y
+        # raw thermal data spans a few thousand of the 65536 levels: on 0..255 that is a
+        # nearly flat image, scored very differently from what the fusion saw
+        if y.size and int(img.max()) - int(img.min()) < 4096:
+            warnings.warn(
+                f"{name}: a 16-bit image using only levels {int(img.min())}..{int(img.max())} "
+                "of 65535; the metrics scale 16-bit data by 255/65535 (as the toolboxes do), "
+                "so it scores as nearly flat: give the metrics the 8-bit images your fusion "
+                "saw (refusion-fuse maps 16-bit sources by robust percentiles)",
+                InputRangeWarning, stacklevel=2)
+    y = np.round(y)
+    if y.size and (y.min() < 0.0 or y.max() > 255.0):
+        warnings.warn(f"{name}: values {y.min():g}..{y.max():g} are outside 0..255 and were "
+                      "clipped", InputRangeWarning, stacklevel=2)
+    return np.clip(y, 0, 255)
 
 
 def read_grey(path: str | Path) -> np.ndarray:
     """Read an image file as a float64 0..255 grey image (see :func:`to_grey255`).
 
     Raises:
-        UserError: the file cannot be read or decoded.
+        UserError: the file cannot be read or decoded, holds an unsupported pixel type, or
+            NaN/Inf.
     """
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UserError(f"cannot read image {path}")
-    return to_grey255(img)
+    try:
+        return to_grey255(img, str(path))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

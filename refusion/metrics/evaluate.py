@@ -54,6 +54,9 @@ def _listings(a: Path, b: Path, fused: Sequence[Path]
     first source's stem, whatever the files are called.
     """
     paths = [a, b, *fused]
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"no such file or folder: {p}")
     files = [p for p in paths if p.is_file()]
     if not files:
         return _listing(a), _listing(b), [_listing(d) for d in fused]
@@ -76,14 +79,19 @@ def _score_one(job: tuple) -> tuple[str, str, dict[str, float], list[str]]:
     from . import compute_suite
 
     method, stem, pa, pb, pf, metrics, spec = job
-    a, b, f = read_grey(pa), read_grey(pb), read_grey(pf)
+    with warnings.catch_warnings(record=True) as read_notes:
+        warnings.simplefilter("always")  # e.g. clipped values, a narrow 16-bit source
+        a, b, f = read_grey(pa), read_grey(pb), read_grey(pf)
     if not (a.shape == b.shape == f.shape):
         raise UserError(f"size mismatch for {stem!r}: {pa} {a.shape}, {pb} {b.shape}, "
                         f"{pf} {f.shape}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vals = compute_suite(a, b, f, metrics, spec)
-    return method, stem, vals, [f"{pf.name}: {w.message}" for w in caught]
+    # reading notes name their file; metric notes get the method and the fused file
+    notes = [str(w.message) for w in read_notes]
+    notes += [f"{method}: {pf.name}: {w.message}" for w in caught]
+    return method, stem, vals, notes
 
 
 @dataclass
@@ -97,6 +105,7 @@ class EvalResult:
         values: {method: {stem: {metric: value}}} (NaN where undefined).
         missing: human-readable lines naming unpaired files.
         notes: degenerate-input warnings raised while scoring.
+        sources: {"a": source A folder or file, "b": source B} (what was scored against).
     """
 
     metrics: list[str]
@@ -105,6 +114,7 @@ class EvalResult:
     values: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """{method: {metric: {"mean", "std" (population), "n" (non-NaN images)}}}."""
@@ -133,8 +143,8 @@ class EvalResult:
         sets = {self._scored(k, metric) for k in self.methods}
         return len(sets) == 1
 
-    def _best(self, summ) -> dict[str, str | None]:
-        best: dict[str, str | None] = {}
+    def _best(self, summ, digits: int = 4) -> dict[str, set[str] | None]:
+        best: dict[str, set[str] | None] = {}
         for m in self.metrics:
             cands = [(summ[k][m]["mean"], k) for k in self.methods
                      if not math.isnan(summ[k][m]["mean"])]
@@ -142,7 +152,9 @@ class EvalResult:
                 best[m] = None
                 continue
             sign = 1 if METRICS[m].higher_is_better else -1
-            best[m] = max(cands, key=lambda t: sign * t[0])[1]
+            top = max(cands, key=lambda t: sign * t[0])[0]
+            # every method that ties with the best at the printed precision is best
+            best[m] = {k for v, k in cands if f"{v:.{digits}f}" == f"{top:.{digits}f}"}
         return best
 
     def to_markdown(self, digits: int = 4) -> str:
@@ -152,7 +164,7 @@ class EvalResult:
         ``(n=k)``; a column whose methods were scored on different images has no bold cell.
         """
         summ = self.summary()
-        best = self._best(summ)
+        best = self._best(summ, digits)
         head = ["Method"] + [f"{m} {'↑' if METRICS[m].higher_is_better else '↓'}"
                              for m in self.metrics]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -167,12 +179,17 @@ class EvalResult:
                 if 0 < s["n"] < total:
                     txt += f" (n={s['n']})"
                     partial = True
-                if best[m] == meth:
+                if best[m] and meth in best[m]:
                     txt = f"**{txt}**"
                 cells.append(txt)
             lines.append("| " + " | ".join(cells) + " |")
         conv = ", ".join(f"{m}: {c}" for m, c in self.conventions.items())
-        lines += ["", f"Conventions: {conv}. Std is the population std over images."]
+        lines += [""]
+        if self.sources:
+            n = max((len(v) for v in self.values.values()), default=0)
+            lines.append(f"Sources: A = {self.sources.get('a')}, B = {self.sources.get('b')}; "
+                         f"{n} image pair{'s' if n != 1 else ''} scored.")
+        lines.append(f"Conventions: {conv}. Std is the population std over images.")
         unbolded = [m for m in self.metrics if len(self.methods) > 1 and not self.comparable(m)]
         if self._uneven():
             counts = ", ".join(f"{k} {len(self.values.get(k, {}))}" for k in self.methods)
@@ -192,19 +209,23 @@ class EvalResult:
         return len({len(self.values.get(k, {})) for k in self.methods}) > 1
 
     def to_csv(self) -> str:
-        """One row per method: ``method, n_images, <metric>_mean, <metric>_std, <metric>_n,
-        ...`` (``n``: images where the metric is defined)."""
+        """One row per method: ``method, fused, a, b, n_images, <metric>_mean, <metric>_std,
+        <metric>_n, ..., conventions`` (``n``: images where the metric is defined; an
+        undefined mean or std is ``nan``; ``conventions``: ``EN=cddfuse;SF=vifb;...``)."""
         summ = self.summary()
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["method", "n_images"] + [f"{m}_{k}" for m in self.metrics
-                                             for k in ("mean", "std", "n")])
+        w.writerow(["method", "fused", "a", "b", "n_images"]
+                   + [f"{m}_{k}" for m in self.metrics for k in ("mean", "std", "n")]
+                   + ["conventions"])
+        conv = ";".join(f"{m}={c}" for m, c in self.conventions.items())
         for meth in self.methods:
-            row = [meth, len(self.values.get(meth, {}))]
+            row = [meth, self.methods[meth], self.sources.get("a", ""),
+                   self.sources.get("b", ""), len(self.values.get(meth, {}))]
             for m in self.metrics:
                 row += [repr(summ[meth][m]["mean"]), repr(summ[meth][m]["std"]),
                         summ[meth][m]["n"]]
-            w.writerow(row)
+            w.writerow(row + [conv])
         return buf.getvalue()
 
     def to_dict(self) -> dict:
@@ -228,6 +249,7 @@ class EvalResult:
             },
             "missing": self.missing,
             "notes": self.notes,
+            "sources": self.sources,
         }
 
     def to_json(self) -> str:
@@ -249,7 +271,8 @@ class EvalResult:
         }
         return cls(metrics=d["metrics"], conventions=d["conventions"],
                    methods={k: v["fused_dir"] for k, v in d["methods"].items()},
-                   values=values, missing=d["missing"], notes=d.get("notes", []))
+                   values=values, missing=d["missing"], notes=d.get("notes", []),
+                   sources=d.get("sources", {}))
 
 
 def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
@@ -275,11 +298,19 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
     if isinstance(fused_dirs, (str, Path)):
         fused_dirs = [fused_dirs]
     try:
-        names = [canonical_metric(m) for m in (metrics or list(METRICS))]
+        # one column per metric, whatever the spelling (EN,en / qabf,Qabf)
+        names = list(dict.fromkeys(canonical_metric(m) for m in (metrics or list(METRICS))))
         convs = parse_convention_spec(convention, names)
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
+    convs = {m: convs[m] for m in names}  # a convention for an unscored metric is not shown
     fdirs = [Path(d) for d in fused_dirs]
+    seen: dict[Path, Path] = {}
+    for d in fdirs:
+        key = d.resolve()
+        if key in seen:
+            raise UserError(f"--fused {d} is given twice (as {seen[key]})")
+        seen[key] = d
     fa, fb, ffs = _listings(Path(a_dir), Path(b_dir), fdirs)
     methods = _method_names(fdirs)
     # a broken link is named as such, and its partner is not also called unpaired
@@ -299,7 +330,8 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
                         f"{b_dir} and the fused folders)")
     res = EvalResult(metrics=names, conventions=convs,
                      methods={m: str(d) for m, d in zip(methods, fdirs)},
-                     values={m: {} for m in methods}, missing=missing)
+                     values={m: {} for m in methods}, missing=missing,
+                     sources={"a": str(a_dir), "b": str(b_dir)})
     nproc = min(4, os.cpu_count() or 1) if workers is None else workers
     from tqdm import tqdm
 
