@@ -89,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    from refusion.train.distributed import shutdown
+
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     try:
         result = trainer.fit()
-    finally:
-        from refusion.train.distributed import shutdown
-
-        shutdown()
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
     if trainer.dist.is_main:
         final = trainer.run_dir / "final.safetensors"
         if result.checkpoint is None and final.is_file():

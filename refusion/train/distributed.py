@@ -13,6 +13,7 @@ again an all-reduce, to any order), so the outer backward also flows across proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -53,8 +54,20 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(world=world, rank=rank, local_rank=local)
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group; with ``wait``, after every process has come this far.
+
+    Without the barrier a rank that finishes first tears its gloo connections down while a
+    peer may still be writing to them; the peer's gloo thread then fails and the process
+    aborts ("terminate called without an active exception", seen once in CI). After an error
+    (``wait=False``) the peers may never arrive: leave at once, so that they fail too instead
+    of waiting for the barrier's timeout.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            # a peer that is gone already leaves nothing to wait for
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         dist.destroy_process_group()
 
 
