@@ -91,6 +91,8 @@ class _Writer:
         self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix or '.mp4'}")
         self._vw: cv2.VideoWriter | None = None
         self.padded = False
+        self.written = 0
+        self.unreadable = False  # the encoder's file could not be read back (disk full?)
 
     def write(self, frame: np.ndarray) -> None:
         if frame.ndim == 2:
@@ -109,6 +111,7 @@ class _Writer:
             if not self._vw.isOpened():
                 raise UserError(f"cannot write a video to {self.path} (mp4v codec, {w}x{h})")
         self._vw.write(frame)
+        self.written += 1
 
     @property
     def salvage_path(self) -> Path:
@@ -122,9 +125,30 @@ class _Writer:
             return None
         self._vw.release()
         self._vw = None
+        if keep and not _readable_video(self.tmp):
+            # OpenCV's writer fails silently (a full disk leaves an MP4 without its index):
+            # such a file must not take the final name as if it were the video
+            keep, self.unreadable = False, True
         dest = self.path if keep else self.salvage_path
         os.replace(self.tmp, dest)
         return dest
+
+
+#: OpenCV's reader as imported (tests replace ``cv2.VideoCapture`` with fake cameras; the
+#: written file is always checked with the real one)
+_VideoCapture = cv2.VideoCapture
+
+
+def _readable_video(path: Path) -> bool:
+    """Whether an MP4 just written opens and reports frames (its index was written)."""
+    from refusion.engine.video import _quiet_stderr
+
+    with _quiet_stderr():  # FFmpeg's "moov atom not found" would precede our one line
+        cap = _VideoCapture(str(path))
+        try:
+            return cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+        finally:
+            cap.release()
 
 
 class VideoPipeline:
@@ -408,6 +432,12 @@ class VideoPipeline:
                 self.reader.release()
         if self._errors:
             raise self._errors[0]
+        broken = [w for w in (self.writer, self.preview) if w is not None and w.unreadable]
+        if broken:
+            if broken[0] is self.writer:
+                self.stats.salvaged = str(self.writer.salvage_path)
+            raise UserError(f"{broken[0].path}: the video written cannot be read back (is the "
+                            f"disk full?); its bytes are in {broken[0].salvage_path}")
         if self.stats.interrupted:
             raise KeyboardInterrupt
         return self.stats

@@ -232,6 +232,12 @@ class FrameSource:
             if self.index >= len(self._files):
                 return None
             frame = read_image(self._files[self.index])
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            # the pipeline's buffers, alignment and encoder are set up for the first frame
+            where = (self._files[self.index] if self._files
+                     else f"{self.spec} (frame {self.index + 1})")
+            raise UserError(f"--{self.name} {where}: {frame.shape[1]}x{frame.shape[0]}, but the "
+                            f"stream's first frame was {self.size[0]}x{self.size[1]}")
         t = self.index / self.fps  # a camera returned above, stamped on arrival
         self.index += 1
         return frame, t

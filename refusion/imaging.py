@@ -130,12 +130,23 @@ def unit_float_to_255(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def is_gray(img: np.ndarray) -> bool:
-    """True for single-channel images and three-channel images with equal channels."""
+#: channels this many 8-bit levels apart still count as grey in :func:`split_luma`: a grey
+#: camera's frames decoded from a lossy video (H.264, mp4v) differ by a level or two
+GRAY_TOLERANCE = 2
+
+
+def is_gray(img: np.ndarray, tolerance: float = 0) -> bool:
+    """True for single-channel images and three-channel images with equal channels (at most
+    ``tolerance`` levels of the 0..255 scale apart)."""
     if img.ndim == 2:
         return True
     c0, c1, c2 = img[..., 0], img[..., 1], img[..., 2]
-    return bool(np.array_equal(c0, c1) and np.array_equal(c1, c2))
+    if tolerance <= 0:
+        return bool(np.array_equal(c0, c1) and np.array_equal(c1, c2))
+    tol = tolerance * (257 if img.dtype == np.uint16 else 1)
+    if img.dtype.kind == "f" and img.size and img.max() <= 1.0:
+        tol = tolerance / 255.0
+    return bool(cv2.absdiff(c0, c1).max() <= tol and cv2.absdiff(c1, c2).max() <= tol)
 
 
 def to_float255(img: np.ndarray) -> np.ndarray:
@@ -149,10 +160,12 @@ def to_float255(img: np.ndarray) -> np.ndarray:
 
 
 def split_luma(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return ``(Y/255 as float32 (H, W), CrCb float32 (H, W, 2) or None for grey)``."""
+    """Return ``(Y/255 as float32 (H, W), CrCb float32 (H, W, 2) or None for grey)``.
+
+    Grey: one channel, or three within :data:`GRAY_TOLERANCE` levels of each other."""
     f = to_float255(img)
-    if is_gray(img):
-        y = f if f.ndim == 2 else f[..., 0]
+    if is_gray(img, GRAY_TOLERANCE):
+        y = f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_BGR2YCrCb)[..., 0]
         return np.ascontiguousarray(y / 255.0, dtype=np.float32), None
     ycrcb = cv2.cvtColor(f, cv2.COLOR_BGR2YCrCb)
     return np.ascontiguousarray(ycrcb[..., 0] / 255.0), np.ascontiguousarray(ycrcb[..., 1:])

@@ -169,8 +169,9 @@ def _looks_like_path(spec: str) -> bool:
     return "/" in spec or os.sep in spec or (os.altsep or "/") in spec or "." in spec
 
 
-def resolve_weights(spec: str | os.PathLike | None, task: str | None) -> str:
-    """What ``--weights`` means, as a file path.
+def resolve_weights(spec: str | os.PathLike | None, task: str | None,
+                    option: str = "--weights") -> str:
+    """What ``--weights`` (or the ``option`` that gave ``spec``) means, as a file path.
 
     Order: nothing given -> the learnt checkpoint of ``task`` (``ivif`` when None); an existing
     file -> unchanged; a shipped name -> its file; anything that looks like a path (a folder
@@ -198,7 +199,7 @@ def resolve_weights(spec: str | os.PathLike | None, task: str | None) -> str:
     if _looks_like_path(s):
         return s
     names = ", ".join(w.name for w in known) or "none ship with this installation"
-    raise UserError(f"--weights {s}: no such file and no shipped weights of that name "
+    raise UserError(f"{option} {s}: no such file and no shipped weights of that name "
                     f"(available: {names})")
 
 

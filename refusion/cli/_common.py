@@ -54,6 +54,12 @@ def backend_choice(args) -> tuple[str, dict]:
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be at least 1, got {threads}")
+        # more threads than cores only adds switching; far more exhausts the process (a typo
+        # such as 100000 started tens of thousands of threads)
+        limit = 4 * (os.cpu_count() or 1)
+        if threads > limit:
+            raise UserError(f"--threads {threads} is more than 4x the {os.cpu_count()} CPUs "
+                            f"here (at most {limit})")
         if name == "tensorrt":
             raise UserError("--threads is for the CPU backends (torch, onnxruntime), not "
                             "--backend tensorrt")
@@ -79,6 +85,20 @@ def _prog_name(fn: Callable) -> str:
     return f"refusion-{leaf}"
 
 
+def _quiet_opencv() -> None:
+    """Silence OpenCV's own log lines ("[ WARN:0@1.5] global grfmt_png.cpp ..."): every
+    failure they describe reaches the user as our one line naming the file. A user's
+    ``OPENCV_LOG_LEVEL`` still wins (debugging a codec)."""
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    import cv2
+
+    with contextlib.suppress(AttributeError, ImportError, cv2.error):
+        from cv2.utils import logging as cv_logging
+
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
+
+
 def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a ``main(argv)``: a :class:`UserError` becomes ``prog: error: msg`` and exit 2,
     Ctrl-C becomes exit 130 (after the command's own clean-up ran)."""
@@ -86,6 +106,7 @@ def cli_entry(fn: Callable[..., int | None]) -> Callable[..., int]:
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
         prog = _prog_name(fn)
+        _quiet_opencv()
         try:
             rc = fn(argv)
         except UserError as exc:

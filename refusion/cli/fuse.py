@@ -25,7 +25,7 @@ from refusion.engine import BACKENDS, Fuser
 from refusion.engine.files import PairPaths, match_pairs
 from refusion.errors import UserError
 from refusion.imaging import check_image_ext, panel, read_image, write_image
-from refusion.utils.atomic import ensure_writable
+from refusion.utils.atomic import check_outputs, ensure_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         more = f" (and {len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
         print(f"refusion-fuse: warning: {len(unmatched)} images without a partner skipped: "
               f"{', '.join(unmatched[:3])}{more}", file=sys.stderr)
+    # every destination (panels too) must differ from every source and from each other
+    dests = [(f"-o {out}:" if folder else "-o", d) for pair in pairs
+             for d in _outputs(pair, out, folder, ext)[: 2 if args.panel else 1]]
+    check_outputs(dests, [("source", p) for pair in pairs for p in (pair.a, pair.b)])
     fuser = Fuser(args.weights, task=args.task, backend=name, device=args.device,
                   normalize=args.normalize, gray=args.gray, **options)
     ensure_writable(out, folder=folder)

@@ -36,7 +36,7 @@ from refusion.engine.video import (
     stretch_warning,
 )
 from refusion.errors import UserError
-from refusion.utils.atomic import atomic_write_text, ensure_writable
+from refusion.utils.atomic import atomic_write_text, check_outputs, ensure_writable
 from refusion.zoo import resolve_weights, weights_label
 
 PROG = "refusion-video"
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frame rate of frame folders, and of videos or cameras that report "
                           "none (default 30); a video file's own rate wins")
     p.add_argument("-o", "--output", help="output .mp4")
-    p.add_argument("--weights", default=os.environ.get("REFUSION_WEIGHTS"),
+    p.add_argument("--weights", default=None,
                    help="shipped weights by name (`refusion weights` lists them), a checkpoint, "
                    ".onnx or .plan (default: $REFUSION_WEIGHTS, else the shipped learnt "
                    "weights of --task)")
@@ -152,6 +152,17 @@ def _run(args: argparse.Namespace) -> int:
         reader.stats.warnings.append(stretched)
     for w in reader.stats.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
+    # no output may land on an input file (a camera index is not a file) or on another output
+    inputs = [(f"--{k}", getattr(args, k)) for k in ("ir", "vis", "sbs", "homography")]
+    inputs = [(k, v) for k, v in inputs if v is not None and not str(v).isdigit()]
+    outputs = [("-o", args.output), ("--preview", args.preview),
+               ("--stats-json", args.stats_json),
+               ("--estimate-homography", args.estimate_homography)]
+    try:
+        check_outputs(outputs, inputs)
+    except UserError:
+        reader.release()
+        raise
     if args.estimate_homography:
         return _estimate(args, reader)
     if not args.output:
@@ -169,8 +180,12 @@ def _run(args: argparse.Namespace) -> int:
         for path in (out, args.preview, args.stats_json):
             if path:  # all before the first frame: the stats are written after the last one
                 ensure_writable(path)
-        weights = resolve_weights(args.weights, args.task)
-        check_task(weights, args.task, f"--weights {weights_label(args.weights, weights)}")
+        # say $REFUSION_WEIGHTS, not --weights, when the environment chose the weights
+        option = "--weights"
+        if args.weights is None and os.environ.get("REFUSION_WEIGHTS"):
+            args.weights, option = os.environ["REFUSION_WEIGHTS"], "$REFUSION_WEIGHTS"
+        weights = resolve_weights(args.weights, args.task, option)
+        check_task(weights, args.task, f"{option} {weights_label(args.weights, weights)}")
     except UserError:
         reader.release()
         raise
@@ -192,8 +207,10 @@ def _run(args: argparse.Namespace) -> int:
           f"({backend.name}{mode_label(options)} on {backend.device}, "
           f"weights {weights_label(args.weights, weights)}, "
           f"{reader.vis_size[0]}x{reader.vis_size[1]} at {reader.fps:g} fps)", file=sys.stderr)
+    completed = False
     try:
         stats = pipe.run()
+        completed = True
     finally:
         s = pipe.stats
         for w in s.warnings[len(reader.stats.warnings):]:  # those the run itself found
@@ -201,12 +218,16 @@ def _run(args: argparse.Namespace) -> int:
         if s.salvaged:
             print(f"{PROG}: failed after {s.frames} frames; they are kept in {s.salvaged}",
                   file=sys.stderr)
-        elif s.frames:
+        elif s.frames and (completed or s.interrupted):  # never "wrote" after a failure
             print(f"{PROG}: {'kept' if s.interrupted else 'wrote'} {out}: {s.summary()}",
                   file=sys.stderr)
-        if args.stats_json:
-            atomic_write_text(args.stats_json, json.dumps(s.as_dict(), indent=2))
         backend.deactivate()
+        if args.stats_json:
+            try:
+                atomic_write_text(args.stats_json, json.dumps(s.as_dict(), indent=2))
+            except OSError as exc:
+                raise UserError(f"cannot write --stats-json {args.stats_json} "
+                                f"({exc.strerror or exc})") from None
     if stats.ended.startswith("end of ir") and reader.frame_count < 0:
         print(f"{PROG}: warning: the infrared stream ended first", file=sys.stderr)
     return 0

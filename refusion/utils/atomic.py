@@ -116,3 +116,28 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], object])
     """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def check_outputs(outputs, inputs=()) -> None:
+    """One-line :class:`UserError` when an output would overwrite an input or another output.
+
+    ``outputs`` and ``inputs`` are ``(label, path)`` pairs (``label`` names the option, e.g.
+    ``"-o"``; a ``None`` path is skipped). Paths are compared resolved (symbolic links and
+    ``..`` followed), so ``-o ./vis.mp4`` for ``--vis vis.mp4`` is caught too. Commands call it
+    before any work: the user's inputs are never written over.
+    """
+    sources: dict[Path, str] = {}
+    for label, p in inputs:
+        if p is not None and Path(p).exists():
+            sources.setdefault(Path(p).resolve(), f"{label} {p}")
+    seen: dict[Path, str] = {}
+    for label, p in outputs:
+        if p is None:
+            continue
+        key = Path(p).resolve()
+        if key in sources:
+            raise UserError(f"{label} {p} would overwrite the input {sources[key]}: give the "
+                            "output another name")
+        if key in seen:
+            raise UserError(f"{label} {p} is also {seen[key]}: give each output its own path")
+        seen[key] = f"{label} {p}"
