@@ -432,12 +432,15 @@ class VideoPipeline:
                 self.reader.release()
         if self._errors:
             raise self._errors[0]
-        broken = [w for w in (self.writer, self.preview) if w is not None and w.unreadable]
-        if broken:
-            if broken[0] is self.writer:
-                self.stats.salvaged = str(self.writer.salvage_path)
-            raise UserError(f"{broken[0].path}: the video written cannot be read back (is the "
-                            f"disk full?); its bytes are in {broken[0].salvage_path}")
+        if self.preview is not None and self.preview.unreadable:
+            # the fused video is what the run is for; a lost preview is worth a warning
+            self.stats.warnings.append(
+                f"{self.preview.path}: the preview cannot be read back (is the disk full?); "
+                f"its bytes are in {self.preview.salvage_path}")
+        if self.writer.unreadable:
+            self.stats.salvaged = str(self.writer.salvage_path)
+            raise UserError(f"{self.writer.path}: the video written cannot be read back (is "
+                            f"the disk full?); its bytes are in {self.writer.salvage_path}")
         if self.stats.interrupted:
             raise KeyboardInterrupt
         return self.stats

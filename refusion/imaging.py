@@ -112,20 +112,31 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = img[:, :, 0]
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise UserError(f"unsupported pixel type {img.dtype} in {p}")
-    # scaled here, where file data enters (arrays already mapped to 0..255 by the video path's
-    # 16-bit range tracking may lie within 0..1 too, and must stay as they are)
-    return unit_float_to_255(img)
+    if img.dtype.kind == "f":
+        if not np.all(np.isfinite(img)):
+            raise UserError(f"{p} contains NaN or Inf")
+        # scaled here, where file data enters (arrays already mapped to 0..255 by the video
+        # path's 16-bit range tracking may lie within 0..1 too, and must stay as they are);
+        # the network takes [0, 1], so what lies beyond 0..255 is clipped
+        img = np.clip(unit_float_to_255(img), 0.0, 255.0)
+    return img
+
+
+#: how far a float file's values may lie outside 0..1 and still be on the 0..1 scale (a
+#: network's output under- and overshoots a little)
+UNIT_FLOAT_SLACK = 0.05
 
 
 def unit_float_to_255(img: np.ndarray) -> np.ndarray:
     """Float pixel data of a file on the 0..1 scale (the usual float convention, e.g. a float
-    TIFF) scaled to 0..255; anything else (integers, floats beyond 1) returned as it is.
+    TIFF) scaled to 0..255; anything else (integers, floats on 0..255) returned as it is.
 
-    0..1 means: every value at most 1, and none below -1 (a network's slight undershoot below
-    0 does not turn a 0..1 image into a 0..255 one). The one place this rule lives: fusion,
-    training and the metrics read files through it.
+    0..1 means: every value within -0.05..1.05 (:data:`UNIT_FLOAT_SLACK`: a network's slight
+    under- or overshoot does not turn a 0..1 image into a 0..255 one; callers clip). The one
+    place this rule lives: fusion, training and the metrics read files through it.
     """
-    if img.dtype.kind == "f" and img.size and img.min() >= -1.0 and img.max() <= 1.0:
+    if (img.dtype.kind == "f" and img.size and img.min() >= -UNIT_FLOAT_SLACK
+            and img.max() <= 1.0 + UNIT_FLOAT_SLACK):
         return img * img.dtype.type(255.0)
     return img
 
@@ -143,9 +154,7 @@ def is_gray(img: np.ndarray, tolerance: float = 0) -> bool:
     c0, c1, c2 = img[..., 0], img[..., 1], img[..., 2]
     if tolerance <= 0:
         return bool(np.array_equal(c0, c1) and np.array_equal(c1, c2))
-    tol = tolerance * (257 if img.dtype == np.uint16 else 1)
-    if img.dtype.kind == "f" and img.size and img.max() <= 1.0:
-        tol = tolerance / 255.0
+    tol = tolerance * (257 if img.dtype == np.uint16 else 1)  # floats: on 0..255 by now
     return bool(cv2.absdiff(c0, c1).max() <= tol and cv2.absdiff(c1, c2).max() <= tol)
 
 

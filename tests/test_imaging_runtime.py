@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from refusion.engine.preprocess import FramePreprocessor, stack_inputs
 
+from refusion.errors import UserError
 from refusion.imaging import RangeTracker, panel, prepare_pair, robust_bounds, to_display255
 
 
@@ -119,6 +120,18 @@ def test_float_images_within_0_1_are_scaled_like_8_bit_ones(tmp_path):
 
     bgra = np.dstack([unit, unit, unit, np.full_like(unit, 255.0)])  # alpha on its own scale
     assert np.array_equal(to_grey255(bgra), grey)
+    # a network's output under- and overshoots a little: still 0..1 data, clipped for fusion
+    shoot = unit.copy()
+    shoot[0, 0], shoot[0, 1] = -0.02, 1.03
+    cv2.imwrite(str(tmp_path / "shoot.tif"), shoot)
+    got = read_image(tmp_path / "shoot.tif")
+    assert got.min() == 0.0 and got.max() == 255.0
+    assert np.allclose(got.ravel()[2:], grey.ravel()[2:], atol=1e-4)
+    bad = unit.copy()
+    bad[3, 3] = np.nan
+    cv2.imwrite(str(tmp_path / "nan.tif"), bad)
+    with pytest.raises(UserError, match="nan.tif contains NaN or Inf"):
+        read_image(tmp_path / "nan.tif")
 
 
 def test_a_dark_16bit_frame_after_a_bright_scene_stays_dark():

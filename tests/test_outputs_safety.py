@@ -67,6 +67,10 @@ def test_fuse_never_writes_over_its_inputs(pair_files, ckpt, tmp_path, capsys):
     (tmp_path / "sub").mkdir()
     err = _error(main, [str(a), str(b), "-o", str(other), "--weights", str(ckpt)], capsys)
     assert "would overwrite the input source" in err
+    hard = tmp_path / "hard.png"  # the same file under another name
+    os.link(b, hard)
+    err = _error(main, [str(a), str(b), "-o", str(hard), "--weights", str(ckpt)], capsys)
+    assert f"-o {hard} would overwrite the input source {b}" in err
     assert _digest(a, b) == before
 
 

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.no_progress and sys.stderr.isatty())
     for line in res.missing:
         print(f"refusion-eval: missing: {line}", file=sys.stderr)
+    for line in res.read_notes:
+        print(f"refusion-eval: note: {line}", file=sys.stderr)
     if res.notes:
         print(f"refusion-eval: {len(res.notes)} undefined value(s) reported as NaN "
               f"(first: {res.notes[0]})", file=sys.stderr)

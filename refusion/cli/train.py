@@ -91,13 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from refusion.train.distributed import shutdown
 
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
-    try:
+    try:  # a rank failing while it sets up leaves the group too (its peers then stop)
+        trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
         result = trainer.fit()
-    except BaseException:
-        shutdown(wait=False)
-        raise
-    shutdown()
+    finally:
+        shutdown()
     if trainer.dist.is_main:
         final = trainer.run_dir / "final.safetensors"
         if result.checkpoint is None and final.is_file():

@@ -226,8 +226,11 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 atomic_write_text(args.stats_json, json.dumps(s.as_dict(), indent=2))
             except OSError as exc:
-                raise UserError(f"cannot write --stats-json {args.stats_json} "
-                                f"({exc.strerror or exc})") from None
+                why = f"cannot write --stats-json {args.stats_json} ({exc.strerror or exc})"
+                if completed:  # the one error of the run
+                    raise UserError(why) from None
+                # a failure or Ctrl-C is on its way out: it is the news, this is a footnote
+                print(f"{PROG}: warning: {why}", file=sys.stderr)
     if stats.ended.startswith("end of ir") and reader.frame_count < 0:
         print(f"{PROG}: warning: the infrared stream ended first", file=sys.stderr)
     return 0

@@ -22,10 +22,11 @@ def to_grey255(img: np.ndarray, name: str = "the image") -> np.ndarray:
 
     Colour (BGR/BGRA) becomes the Y channel of OpenCV's BGR2YCrCb (0.299/0.587/0.114, what
     CDDFuse and the toolboxes use), rounded to integers. 16-bit data is scaled by 255/65535
-    and rounded; float data is taken as 0..1 when its values are at most 1 (a float TIFF
-    written by most tools; a slight undershoot below 0 allowed) and scaled by 255, else as
-    0..255. Values then outside 0..255 are clipped, with an :class:`InputRangeWarning`
-    naming ``name``.
+    and rounded; float data is taken as 0..1 when its values lie within -0.05..1.05 (a float
+    TIFF written by most tools, a network's slight under- or overshoot allowed) and scaled by
+    255, else as
+    0..255 (other integer arrays are taken as 0..255 values). Values then outside 0..255 are
+    clipped, with an :class:`InputRangeWarning` naming ``name``.
 
     Args:
         img: (H, W), (H, W, 3) or (H, W, 4) array as returned by ``cv2.imread``.
@@ -33,11 +34,10 @@ def to_grey255(img: np.ndarray, name: str = "the image") -> np.ndarray:
     Returns:
         (H, W) float64 array.
     Raises:
-        ValueError: an unsupported pixel type, or NaN/Inf in float data.
+        ValueError: a non-numeric pixel type, or NaN/Inf in float data.
     """
-    if img.dtype not in _DTYPES:
-        raise ValueError(f"unsupported pixel type {img.dtype} in {name} (the metrics read "
-                         "8- and 16-bit unsigned and float images)")
+    if img.dtype.kind not in "biuf":
+        raise ValueError(f"unsupported pixel type {img.dtype} in {name}")
     if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
         raise ValueError(f"{name} contains NaN or Inf")
     if img.ndim == 3 and img.shape[2] == 1:
@@ -81,6 +81,9 @@ def read_grey(path: str | Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UserError(f"cannot read image {path}")
+    if img.dtype not in _DTYPES:  # a file's signed integers have no agreed 0..255 mapping
+        raise UserError(f"unsupported pixel type {img.dtype} in {path} (the metrics read "
+                        "8- and 16-bit unsigned and float images)")
     try:
         return to_grey255(img, str(path))
     except ValueError as exc:

@@ -88,10 +88,10 @@ def _score_one(job: tuple) -> tuple[str, str, dict[str, float], list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vals = compute_suite(a, b, f, metrics, spec)
-    # reading notes name their file; metric notes get the method and the fused file
-    notes = [str(w.message) for w in read_notes]
-    notes += [f"{method}: {pf.name}: {w.message}" for w in caught]
-    return method, stem, vals, notes
+    # metric notes (undefined values) get the method and the fused file; reading notes
+    # (clipped values, a narrow 16-bit source) name their file and are kept apart
+    return (method, stem, vals, [f"{method}: {pf.name}: {w.message}" for w in caught],
+            [str(w.message) for w in read_notes])
 
 
 @dataclass
@@ -104,8 +104,10 @@ class EvalResult:
         methods: {method name: fused folder}.
         values: {method: {stem: {metric: value}}} (NaN where undefined).
         missing: human-readable lines naming unpaired files.
-        notes: degenerate-input warnings raised while scoring.
+        notes: degenerate-input warnings raised while scoring (undefined values, NaN).
         sources: {"a": source A folder or file, "b": source B} (what was scored against).
+        read_notes: what reading the files found (values clipped to 0..255, a 16-bit file
+            using a narrow range), once per file.
     """
 
     metrics: list[str]
@@ -115,6 +117,7 @@ class EvalResult:
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    read_notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """{method: {metric: {"mean", "std" (population), "n" (non-NaN images)}}}."""
@@ -250,6 +253,7 @@ class EvalResult:
             "missing": self.missing,
             "notes": self.notes,
             "sources": self.sources,
+            "read_notes": self.read_notes,
         }
 
     def to_json(self) -> str:
@@ -272,7 +276,7 @@ class EvalResult:
         return cls(metrics=d["metrics"], conventions=d["conventions"],
                    methods={k: v["fused_dir"] for k, v in d["methods"].items()},
                    values=values, missing=d["missing"], notes=d.get("notes", []),
-                   sources=d.get("sources", {}))
+                   sources=d.get("sources", {}), read_notes=d.get("read_notes", []))
 
 
 def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
@@ -357,6 +361,8 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
 
 
 def _collect(res: EvalResult, out: tuple) -> None:
-    meth, stem, vals, notes = out
+    meth, stem, vals, notes, read_notes = out
     res.values[meth][stem] = vals
     res.notes.extend(notes)
+    # a source is read once per method: say what it needs once
+    res.read_notes[:] = list(dict.fromkeys([*res.read_notes, *read_notes]))

@@ -14,6 +14,7 @@ again an all-reduce, to any order), so the outer backward also flows across proc
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -54,20 +55,22 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(world=world, rank=rank, local_rank=local)
 
 
-def shutdown(wait: bool = True) -> None:
-    """Leave the process group; with ``wait``, after every process has come this far.
+def shutdown(timeout_s: float = 10.0) -> None:
+    """Leave the process group once every process has come this far (or ``timeout_s`` later).
 
     Without the barrier a rank that finishes first tears its gloo connections down while a
     peer may still be writing to them; the peer's gloo thread then fails and the process
-    aborts ("terminate called without an active exception", seen once in CI). After an error
-    (``wait=False``) the peers may never arrive: leave at once, so that they fail too instead
-    of waiting for the barrier's timeout.
+    aborts ("terminate called without an active exception", seen once in CI). Every way out
+    of a run that the ranks agree on (the end, Ctrl-C, a NaN stop) meets here. After an error
+    on one rank only, the others never arrive: the wait is bounded, so that the failing rank
+    still leaves and the launcher stops the rest.
     """
     if dist.is_available() and dist.is_initialized():
-        if wait:
-            # a peer that is gone already leaves nothing to wait for
-            with contextlib.suppress(RuntimeError):
-                dist.barrier()
+        if dist.get_backend() == "gloo":  # the abort is gloo's; NCCL tears down on its own
+            # monitored_barrier (gloo only) honours its timeout; a plain barrier would wait
+            # for gloo's 30-minute default when a peer never comes
+            with contextlib.suppress(RuntimeError):  # a peer gone, or the timeout
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
         dist.destroy_process_group()
 
 

@@ -127,17 +127,24 @@ def check_outputs(outputs, inputs=()) -> None:
     before any work: the user's inputs are never written over.
     """
     sources: dict[Path, str] = {}
+    inodes: dict[tuple[int, int], str] = {}  # hard links, case-insensitive file systems
     for label, p in inputs:
         if p is not None and Path(p).exists():
             sources.setdefault(Path(p).resolve(), f"{label} {p}")
+            st = os.stat(p)
+            inodes.setdefault((st.st_dev, st.st_ino), f"{label} {p}")
     seen: dict[Path, str] = {}
     for label, p in outputs:
         if p is None:
             continue
         key = Path(p).resolve()
-        if key in sources:
-            raise UserError(f"{label} {p} would overwrite the input {sources[key]}: give the "
-                            "output another name")
+        same = sources.get(key)
+        if same is None and Path(p).exists():
+            st = os.stat(p)
+            same = inodes.get((st.st_dev, st.st_ino))
+        if same is not None:
+            raise UserError(f"{label} {p} would overwrite the input {same}: give the output "
+                            "another name")
         if key in seen:
             raise UserError(f"{label} {p} is also {seen[key]}: give each output its own path")
         seen[key] = f"{label} {p}"
