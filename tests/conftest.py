@@ -84,3 +84,21 @@ def tiny_graphs():
     m32 = oe.simplify(oe.trace_to_onnx(net, layer_norm="op"))
     m16, _ = f16.convert_to_fp16(m32)
     return m32, m16
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """On-the-fly ONNX exports and TensorRT plans go to a per-session folder, never to the
+    user's ``~/.cache`` (tests that need an empty cache set their own)."""
+    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ivif_ckpt(tmp_path_factory):
+    """A checkpoint of a tiny random fusion network, recorded as trained for ``ivif``."""
+    from refusion.checkpoint import save_checkpoint
+    from refusion.models import FusionConfig, FusionNet
+
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors",
+                           {"fusion": FusionNet(FusionConfig(dim=8, blocks=1, heads=2))},
+                           task="ivif")

@@ -19,11 +19,6 @@ from refusion.models import FusionConfig, FusionNet
 TINY = FusionConfig(dim=8, blocks=1, heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # exported models go to a per-session folder, never to the user's ~/.cache
-    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
 
 @pytest.fixture(scope="module")
 def tiny() -> FusionNet:

@@ -106,11 +106,6 @@ def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
 
 # --- folders, batches, panels and backends ----------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # on-the-fly ONNX exports go to a per-session folder, never to the user's ~/.cache
-    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
 
 def _folders(tmp_path, photo_pair):
     ir, vis = photo_pair

@@ -13,22 +13,16 @@ import cv2
 import numpy as np
 import pytest
 
-from refusion.checkpoint import save_checkpoint
 from refusion.errors import UserError
-from refusion.models import FusionConfig, FusionNet
+from refusion.models import FusionConfig
 
 TINY = FusionConfig(dim=8, blocks=1, heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors",
-                           {"fusion": FusionNet(TINY)}, task="ivif")
+def ckpt(tiny_ivif_ckpt):
+    return tiny_ivif_ckpt
 
 
 def _video(path: Path, n: int = 6, w: int = 48, h: int = 32) -> Path:

@@ -26,7 +26,6 @@ from refusion.engine.video import (
     save_homography,
 )
 
-from refusion.checkpoint import save_checkpoint
 from refusion.cli.video import main
 from refusion.errors import UserError
 from refusion.models import FusionConfig, FusionNet
@@ -34,15 +33,10 @@ from refusion.models import FusionConfig, FusionNet
 TINY = FusionConfig(dim=8, blocks=1, heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors",
-                           {"fusion": FusionNet(TINY)}, task="ivif")
+def ckpt(tiny_ivif_ckpt):
+    return tiny_ivif_ckpt
 
 
 def _scene(i: int, w: int, h: int) -> np.ndarray:
