@@ -19,15 +19,6 @@ class PairPaths:
     stem: str
 
 
-def _images(folder: Path) -> ImageFolder:
-    listing = list_image_folder(folder)
-    if listing.duplicates:
-        kept, other = listing.duplicates[0]
-        raise UserError(f"two images named {kept.stem!r} in {folder}: {kept.name} and "
-                        f"{other.name}")
-    return listing
-
-
 def _one_sided(here: ImageFolder, there: ImageFolder) -> list[str]:
     """The images and broken links of ``here`` that form no pair, each with why."""
     out = []
@@ -57,7 +48,7 @@ def match_pairs(
         raise UserError(f"give two files or two folders, not a mix: {pa} and {pb}")
     if not pa.is_dir():
         return [PairPaths(pa, pb, pa.stem)], []
-    ia, ib = _images(pa), _images(pb)
+    ia, ib = (list_image_folder(p).require_unique() for p in (pa, pb))
     common = sorted(ia.images.keys() & ib.images.keys())
     unmatched = _one_sided(ia, ib) + _one_sided(ib, ia)
     if not common:

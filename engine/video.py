@@ -147,13 +147,9 @@ class FrameSource:
             if p.is_dir():
                 # the listing every command uses: hidden files (macOS ._ forks) are not
                 # frames; a broken link or two frames of one name fail now, not mid-stream
-                listing = list_image_folder(p)
+                listing = list_image_folder(p).require_unique(f"--{name}: ")
                 if listing.broken:
                     raise UserError(f"--{name}: {listing.broken_text(min(listing.broken))}")
-                if listing.duplicates:
-                    kept, other = listing.duplicates[0]
-                    raise UserError(f"--{name} {p}: two frames named {kept.stem!r}: "
-                                    f"{kept.name} and {other.name}")
                 self._files = sorted(listing.images.values(), key=natural_key)
                 if not self._files:
                     raise UserError(f"--{name} {p}: folder holds no images")

@@ -55,6 +55,15 @@ class ImageFolder:
             target = "?"
         return f"{link}: broken link to {target} (no such file)"
 
+    def require_unique(self, prefix: str = "") -> ImageFolder:
+        """Raise :class:`UserError` (``prefix`` first) when two files share a stem (which one
+        is meant is ambiguous where files pair by stem); returns ``self``."""
+        if self.duplicates:
+            kept, other = self.duplicates[0]
+            raise UserError(f"{prefix}two images named {kept.stem!r} in {self.folder}: "
+                            f"{kept.name} and {other.name}")
+        return self
+
     def unpaired(self, other: ImageFolder) -> list[str]:
         """One line per image here whose stem is neither an image nor a broken link there."""
         return [f"{self.images[s]} has no partner in {other.folder}"

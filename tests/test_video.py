@@ -260,8 +260,8 @@ def test_sources_read_folders_in_natural_order_and_files_at_their_own_rate(tmp_p
         FrameSource(str(frames), "ir", fps=9)
     os.remove(frames / "frame_12.png")
     cv2.imwrite(str(frames / "frame_2.jpg"), np.full((8, 8), 2, np.uint8))
-    with pytest.raises(UserError, match="two frames named 'frame_2': frame_2.jpg and "
-                                        "frame_2.png"):
+    with pytest.raises(UserError, match="--ir: two images named 'frame_2' in .*: "
+                                        "frame_2.jpg and frame_2.png"):
         FrameSource(str(frames), "ir", fps=9)
 
 

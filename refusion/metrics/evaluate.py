@@ -39,11 +39,7 @@ def list_images(folder: str | Path) -> dict[str, Path]:
 
 
 def _listing(d: Path) -> ImageFolder:
-    listing = list_image_folder(d)
-    if listing.duplicates:
-        kept, other = listing.duplicates[0]
-        raise UserError(f"two images with stem {kept.stem!r}: {kept} and {other}")
-    return listing
+    return list_image_folder(d).require_unique()
 
 
 def _listings(a: Path, b: Path, fused: Sequence[Path]
