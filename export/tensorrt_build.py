@@ -56,10 +56,6 @@ def import_tensorrt():
     return trt
 
 
-def tensorrt_major(trt) -> int:
-    return tensorrt_version(trt)[0]
-
-
 def tensorrt_version(trt) -> tuple[int, int]:
     """``(major, minor)`` of a ``tensorrt`` module (``"10.12.0.36"`` -> ``(10, 12)``)."""
     parts = (str(trt.__version__).split(".") + ["0"])[:2]
