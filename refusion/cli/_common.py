@@ -89,8 +89,8 @@ def _quiet_opencv() -> None:
     """Silence OpenCV's own log lines ("[ WARN:0@1.5] global grfmt_png.cpp ..."): every
     failure they describe reaches the user as our one line naming the file. A user's
     ``OPENCV_LOG_LEVEL`` still wins (debugging a codec)."""
-    if "OPENCV_LOG_LEVEL" in os.environ:
-        return
+    if "OPENCV_LOG_LEVEL" in os.environ or "cv2" not in sys.modules:
+        return  # a command that reads no images has not imported OpenCV: no start-up cost
     import cv2
 
     with contextlib.suppress(AttributeError, ImportError, cv2.error):
