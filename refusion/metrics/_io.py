@@ -24,9 +24,8 @@ def to_grey255(img: np.ndarray, name: str = "the image") -> np.ndarray:
     CDDFuse and the toolboxes use), rounded to integers. 16-bit data is scaled by 255/65535
     and rounded; float data is taken as 0..1 when its values lie within -0.05..1.05 (a float
     TIFF written by most tools, a network's slight under- or overshoot allowed) and scaled by
-    255, else as
-    0..255 (other integer arrays are taken as 0..255 values). Values then outside 0..255 are
-    clipped, with an :class:`InputRangeWarning` naming ``name``.
+    255, else as 0..255 (other integer arrays are taken as 0..255 values). Values then outside
+    0..255 are clipped, with an :class:`InputRangeWarning` naming ``name``.
 
     Args:
         img: (H, W), (H, W, 3) or (H, W, 4) array as returned by ``cv2.imread``.
