@@ -82,7 +82,7 @@ def test_sobel_1080p_opencv(benchmark):
     np.testing.assert_allclose(sx, want, rtol=1e-5, atol=1e-5)  # same definition
 
 
-def test_sobel_1080p_conv2d_reference(benchmark, native_disabled):
+def test_sobel_1080p_reference(benchmark, native_disabled):
     benchmark.group = "sobel-1080p-f32"
     x = torch.from_numpy(_image())[None, None]
     with torch.no_grad():
@@ -165,12 +165,12 @@ def test_gate_cuda(benchmark, impl, dtype):
 
 @CUDA
 @CUDA_DTYPES
-@pytest.mark.parametrize("impl", ["native", "conv2d"])
+@pytest.mark.parametrize("impl", ["native", "reference"])
 def test_sobel_cuda(benchmark, impl, dtype, monkeypatch):
     benchmark.group = f"cuda-sobel-1080p-{str(dtype)[6:]}"
     if impl == "native":
         _require_cuda_kernels()
-    else:  # the pure-PyTorch reference (grouped conv2d) on the same device
+    else:  # the pure-PyTorch reference (separable slices) on the same device
         monkeypatch.setenv("REFUSION_DISABLE_NATIVE", "1")
         _native.native_module.cache_clear()
     x = torch.rand(1, 1, *IMG, device="cuda", dtype=dtype)
@@ -213,17 +213,14 @@ def test_loss_step_reference(benchmark, native_disabled):
 # ------------------------------------------------------------------- one full training step
 # The trainer's fusion phase (refusion.train.fusion_step_losses + one backward of L_f + L_r, as
 # Trainer._fusion_step does, optimizer step excluded) on a (4, 2, 128, 128) batch, with and
-# without the kernels. Skips while refusion.train does not offer the step function.
+# without the kernels.
 
 STEP_BATCH = (4, 1, 128, 128)
 
 
 def _train_step_setup():
-    try:
-        from refusion.train import Batch, fusion_step_losses
-    except ImportError as exc:  # the trainer is developed in parallel
-        pytest.skip(f"refusion.train has no usable fusion step yet ({exc})")
     from refusion.models import FusionNet, ProposalNet, ReconstructionNet
+    from refusion.train import Batch, fusion_step_losses
 
     torch.manual_seed(0)
     fusion, proposal, recon = FusionNet(), ProposalNet(), ReconstructionNet()

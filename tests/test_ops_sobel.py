@@ -47,11 +47,44 @@ class TestSobel:
         assert sy.abs().max() == 0
         torch.testing.assert_close(sobel_grad(ramp), want)
 
+    @pytest.mark.parametrize("impl", ["reference", "public"])
+    def test_flat_regions_are_exactly_zero(self, device, impl):
+        # Values that are not sums of powers of two: a 3x3 convolution leaves residues of
+        # ~1e-8 here, whose sign then picks the subgradient of |Sx| in the losses.
+        fn = sobel_xy_reference if impl == "reference" else sobel_xy
+        g = torch.Generator().manual_seed(0)
+        levels = torch.rand(4, generator=g).to(device)
+        x = levels[torch.randint(0, 4, (2, 3, 1, 1), generator=g).to(device)].expand(2, 3, 9, 11)
+        x = x.clone()
+        x[..., 5:, :] = 0.1  # a horizontal edge: non-zero only on the two rows around it
+        sx, sy = fn(x)
+        assert sx.abs().max() == 0
+        flat = torch.ones_like(sy, dtype=torch.bool)
+        flat[..., 4:6, :] = False
+        assert sy[flat].abs().max() == 0
+        assert (sy[~flat] != 0).any()  # the edge is there
+
     @pytest.mark.parametrize("shape", SHAPES)
     def test_native_matches_reference(self, device, shape):
         require_kernels(device)
         x = torch.rand(shape, device=device)
         assert_pair_close(K.sobel_xy_op(x), sobel_xy_reference(x), rtol=1e-6, atol=1e-6)
+        if device == "cpu":
+            # Same order of operations as the CPU kernel: bit for bit, so the two paths train
+            # alike (see sobel_xy_reference).
+            assert_pair_close(K.sobel_xy_op(x), sobel_xy_reference(x), rtol=0, atol=0)
+
+    def test_non_finite_pixels_like_the_kernel(self, device):
+        # Neither reads a pixel's own value for its Sx/Sy (zero-weight taps are skipped), so a
+        # NaN stays finite there and spreads to its neighbours only (except across a border,
+        # where replication makes the pixel its own neighbour).
+        require_kernels(device)
+        x = torch.rand(1, 1, 6, 7, device=device)
+        x[0, 0, 2, 3], x[0, 0, 4, 0] = float("nan"), float("inf")
+        ref = sobel_xy_reference(x)
+        assert all(bool(r[0, 0, 2, 3].isfinite()) for r in ref)
+        tol = dict(rtol=0, atol=0) if device == "cpu" else dict(rtol=1e-6, atol=1e-6)
+        assert_pair_close(K.sobel_xy_op(x), ref, equal_nan=True, **tol)
 
     @pytest.mark.parametrize("shape", SHAPES)
     def test_native_backward_matches_reference(self, device, shape):
