@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 import sys
 
@@ -33,6 +34,10 @@ def test_export_fp32_and_fp16(ckpt, tmp_path, capsys):
     assert main([str(ckpt), "-o", str(out16), "--fp16", "--check-size", "40x56", "-q"]) == 0
     assert read_onnx_metadata(out16)["precision"] == "fp16"
     assert capsys.readouterr().err == ""  # --quiet: only errors
+    # In-process, the command leaves the logger as it found it (it once kept a handler on the
+    # stderr of its first call and stopped propagating, which hid later records from callers).
+    log = logging.getLogger("refusion.export")
+    assert log.handlers == [] and log.propagate and log.level == logging.NOTSET
 
 
 def _error(argv, capsys) -> str:

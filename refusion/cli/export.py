@@ -8,6 +8,7 @@ only; the work is in :mod:`refusion.export`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -63,14 +64,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(quiet: bool) -> None:
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each record (not the stream of the first call)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _command_logging(quiet: bool):
+    """The export's progress lines on stderr for the duration of the command only.
+
+    Called in-process (a notebook, a test, another tool), the command must leave the
+    ``refusion.export`` logger as it found it: a handler left behind would print every later
+    export twice, and ``propagate = False`` left behind would hide its records from the
+    caller's logging.
+    """
     log = logging.getLogger("refusion.export")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("refusion-export: %(message)s"))
-        log.addHandler(handler)
+    saved = log.level, log.propagate
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("refusion-export: %(message)s"))
+    log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 def _newest_opset() -> int | None:
@@ -119,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine:
         ensure_writable(args.engine)
         ensure_writable(_timing_cache(args))
-    _setup_logging(args.quiet)
+    with _command_logging(args.quiet):
+        _export(args, checkpoint, name, check_hw, profile)
+    return 0
 
+
+def _export(args, checkpoint, name, check_hw, profile) -> None:
     from refusion.export import build_engine, export_onnx
 
     onnx_path = export_onnx(
@@ -149,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.quiet:
             print(f"wrote {plan} and {plan.name}.json", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
