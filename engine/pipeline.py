@@ -9,11 +9,13 @@ constant frame rate (:mod:`refusion.engine.retime`), so the file plays in real t
 Output: written to a hidden temp file next to ``output`` and renamed onto it at the end, so a
 crash never leaves a half file under the final name. Ctrl-C stops reading, lets the frames in
 flight finish (a second Ctrl-C skips them), releases the writer (the MP4 is then complete and
-playable) and renames it, then re-raises ``KeyboardInterrupt``. When a stage fails (a backend
+playable) and renames it (onto ``<name>.incomplete.mp4`` instead when ``output`` holds an
+earlier run's video, which a stopped run never replaces), then re-raises
+``KeyboardInterrupt``. When a stage fails (a backend
 error, an unreadable frame), reading stops, the frames already read (decode failure) or fused
 (inference failure) are still encoded and kept, playable, as ``<name>.incomplete.mp4`` beside
-``output`` (:attr:`PipelineStats.salvaged`), and the error is raised; a stage that fails never
-leaves the others waiting on a queue.
+``output`` (:attr:`PipelineStats.salvaged`; ``.incomplete-2.mp4`` and on when that is taken),
+and the error is raised; a stage that fails never leaves the others waiting on a queue.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class PipelineStats:
     interrupted: bool = False
     ended: str = ""
     salvaged: str = ""  # where the frames of a failed run went (empty when none)
+    output: str = ""  # where the fused video went (empty when no frame was written)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -93,6 +96,7 @@ class _Writer:
         self.padded = False
         self.written = 0
         self.unreadable = False  # the encoder's file could not be read back (disk full?)
+        self.dest: Path | None = None  # where finish() put the file
 
     def write(self, frame: np.ndarray) -> None:
         if frame.ndim == 2:
@@ -115,12 +119,22 @@ class _Writer:
 
     @property
     def salvage_path(self) -> Path:
-        """Where :meth:`finish` puts the frames of a failed run (never the final name)."""
-        return self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix or '.mp4'}")
+        """Where :meth:`finish` would put frames that must not take the final name now:
+        ``<name>.incomplete.mp4``, or ``<name>.incomplete-2.mp4`` and so on when taken (an
+        earlier run's salvage is the user's too)."""
+        suffix = self.path.suffix or ".mp4"
+        path, n = self.path.with_name(f"{self.path.stem}.incomplete{suffix}"), 2
+        while path.exists():
+            path, n = self.path.with_name(f"{self.path.stem}.incomplete-{n}{suffix}"), n + 1
+        return path
 
-    def finish(self, keep: bool) -> Path | None:
+    def finish(self, keep: bool, partial: bool = False) -> Path | None:
         """Release, then move the temp file onto the final name when ``keep``, else onto
-        :attr:`salvage_path` (a failed run's frames are the user's too); the path or None."""
+        :attr:`salvage_path` (a failed run's frames are the user's too); the path or None.
+
+        ``partial`` (an interrupted run): the file takes the final name only where that name
+        is free, so a stopped run never replaces a finished video of an earlier run.
+        """
         if self._vw is None:
             return None
         self._vw.release()
@@ -129,8 +143,11 @@ class _Writer:
             # OpenCV's writer fails silently (a full disk leaves an MP4 without its index):
             # such a file must not take the final name as if it were the video
             keep, self.unreadable = False, True
+        if keep and partial and self.path.exists():
+            keep = False
         dest = self.path if keep else self.salvage_path
         os.replace(self.tmp, dest)
+        self.dest = dest
         return dest
 
 
@@ -425,9 +442,11 @@ class VideoPipeline:
             if not encoding:  # never release a writer the encoder may still be writing to
                 for w in (self.writer, self.preview):
                     if w is not None:
-                        done = w.finish(keep=not failed)
-                        if failed and done is not None and w is self.writer:
-                            self.stats.salvaged = str(done)
+                        done = w.finish(keep=not failed, partial=self.stats.interrupted)
+                        if done is not None and w is self.writer:
+                            self.stats.output = str(done)
+                            if failed:
+                                self.stats.salvaged = str(done)
             if finished[0].is_set():  # a decoder still inside a read keeps its capture
                 self.reader.release()
         if self._errors:
@@ -436,11 +455,11 @@ class VideoPipeline:
             # the fused video is what the run is for; a lost preview is worth a warning
             self.stats.warnings.append(
                 f"{self.preview.path}: the preview cannot be read back (is the disk full?); "
-                f"its bytes are in {self.preview.salvage_path}")
+                f"its bytes are in {self.preview.dest}")
         if self.writer.unreadable:
-            self.stats.salvaged = str(self.writer.salvage_path)
+            self.stats.salvaged = str(self.writer.dest)
             raise UserError(f"{self.writer.path}: the video written cannot be read back (is "
-                            f"the disk full?); its bytes are in {self.writer.salvage_path}")
+                            f"the disk full?); its bytes are in {self.writer.dest}")
         if self.stats.interrupted:
             raise KeyboardInterrupt
         return self.stats

@@ -162,7 +162,18 @@ def test_ctrl_c_leaves_a_playable_file(tmp_path, sigint_default):
         pipe.run()
     n = count_frames(out)
     assert pipe.stats.interrupted and 3 <= n < 40 and n == pipe.stats.frames
-    assert not list(tmp_path.glob(".cut*"))
+    assert pipe.stats.output == str(out) and not list(tmp_path.glob(".cut*"))
+
+    # Stopped again over that file: it stays as it was; the new frames go beside it.
+    before = out.read_bytes()
+    pipe = VideoPipeline(PairReader(FrameSource(ir, "ir"), FrameSource(vis, "vis")),
+                         _InterruptingBackend(FusionNet(TINY)), out, progress=False,
+                         queue_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run()
+    kept = tmp_path / "cut.incomplete.mp4"
+    assert out.read_bytes() == before
+    assert pipe.stats.output == str(kept) and count_frames(kept) == pipe.stats.frames >= 3
 
 
 class _FailingBackend(TorchBackend):
@@ -215,6 +226,14 @@ def test_a_failing_stage_never_hangs_and_keeps_the_frames(tmp_path):
     salvaged = tmp_path / "f.incomplete.mp4"
     assert pipe.stats.salvaged == str(salvaged) and count_frames(salvaged) == 2
     assert not list(tmp_path.glob(".f*"))  # no temp file left
+    # failing again: the earlier salvage is kept too
+    before = salvaged.read_bytes()
+    pipe = VideoPipeline(PairReader(FrameSource(ir, "ir"), FrameSource(vis, "vis")),
+                         _FailingBackend(FusionNet(TINY)), out, progress=False, queue_size=2)
+    assert isinstance(_run_with_deadline(pipe).get("error"), RuntimeError)
+    again = tmp_path / "f.incomplete-2.mp4"
+    assert pipe.stats.salvaged == str(again) and count_frames(again) == 2
+    assert salvaged.read_bytes() == before and not out.exists()
 
     # a frame that cannot be decoded (decode stage): same outcome, the reader's error
     frames = _frames_with_a_broken_one(tmp_path / "frames", 6, broken=3)

@@ -219,8 +219,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{PROG}: failed after {s.frames} frames; they are kept in {s.salvaged}",
                   file=sys.stderr)
         elif s.frames and (completed or s.interrupted):  # never "wrote" after a failure
-            print(f"{PROG}: {'kept' if s.interrupted else 'wrote'} {out}: {s.summary()}",
+            where = s.output or out
+            print(f"{PROG}: {'kept' if s.interrupted else 'wrote'} {where}: {s.summary()}",
                   file=sys.stderr)
+            if s.interrupted and str(where) != str(out):
+                print(f"{PROG}: {out}, from an earlier run, was left as it was",
+                      file=sys.stderr)
         backend.deactivate()
         if args.stats_json:
             try:
