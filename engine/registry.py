@@ -107,8 +107,9 @@ def create_backend(
             ``onnx_cache`` (default :func:`refusion.engine.onnx_cache.cache_dir`).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
         **options: passed to the backend class (e.g. ``compile=True`` for torch,
-            ``threads=2`` for onnxruntime); options another backend would take are dropped
-            for ``auto``.
+            ``threads=2`` for onnxruntime); options of another backend than the one built are
+            dropped (so ``auto`` takes the options of every backend it may pick), and an
+            option no backend takes is a ``TypeError``.
 
     Returns:
         An inactive :class:`Backend`; use it as a context manager or call ``activate()``.
@@ -122,13 +123,19 @@ def create_backend(
         raise UserError("--device cuda was requested but no CUDA device is available")
     elif device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    unknown = set(options) - set().union(*_OPTIONS.values())
+    if unknown:  # a typo would otherwise be dropped silently by auto
+        raise TypeError(f"create_backend() got options no backend takes: {sorted(unknown)}")
     if name == "auto":
         return _auto(weights, device, onnx_cache, options)
     return _make(name, weights, device, onnx_cache, options)
 
 
+# The keyword options of each backend class (tests/test_engine.py checks them against the
+# signatures, so that auto never drops an option silently).
 _OPTIONS = {
-    "torch": {"channels_last", "compile", "half", "bf16", "cuda_graphs", "native", "threads"},
+    "torch": {"channels_last", "compile", "half", "bf16", "cuda_graphs", "native", "threads",
+              "retain_memory", "inference_form"},
     "onnxruntime": {"provider", "threads", "optimization", "spin", "trt_cache"},
     "tensorrt": set(),
 }

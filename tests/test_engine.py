@@ -100,6 +100,24 @@ def test_create_backend_from_checkpoint_and_auto(tiny, tmp_path):
         assert np.abs(ob.infer(x) - ref).max() < 1e-4
     be = create_backend("auto", ckpt, compile=True, provider="cpu")  # foreign options dropped
     assert be.name == "onnxruntime" and be.device == "cpu"  # the CPU winner in bench/
+    with pytest.raises(TypeError, match="retain_memroy"):  # a typo is not dropped silently
+        create_backend("auto", ckpt, retain_memroy=False)
+
+
+def test_backend_options_table_matches_the_classes():
+    # auto keeps, per candidate, only the options in the registry's table: an option missing
+    # there would be dropped without a word
+    import inspect
+
+    from refusion.engine import registry
+    from refusion.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from refusion.engine.backends.tensorrt_backend import TensorRTBackend
+
+    for name, cls in (("torch", TorchBackend), ("onnxruntime", OnnxRuntimeBackend),
+                      ("tensorrt", TensorRTBackend)):
+        params = inspect.signature(cls.__init__).parameters.values()
+        keyword = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert registry._OPTIONS[name] == keyword, name
 
 
 def test_describe_and_warmup(tiny):
