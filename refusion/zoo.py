@@ -6,8 +6,9 @@ trained on, the recipe, steps, wall time, machine, test metrics, the architectur
 checkpoint, the SHA-256 and size of the weights file and the project version that published it.
 
 Names: ``ivif``, ``mif``, ``mfif``, ``meif`` are the learnt-loss checkpoints of each task (the
-defaults of ``refusion-fuse``, ``refusion-video`` and ``refusion-export``); ``<task>-fixed`` and
-``<task>-decision`` are the Table 4 ablations (fixed loss; decision-map fusion).
+defaults of ``refusion-fuse``, ``refusion-video`` and ``refusion-export``); ``<task>-fixed`` is
+the Table 4 fixed-loss ablation, and ``<task>-decision`` is reserved for the decision-map one
+(none ships: each collapsed to one source); ``ivif-fast`` has one Restormer block per stage.
 
 ``$REFUSION_WEIGHTS_DIR`` (one folder, or several separated by ``os.pathsep``) adds folders with
 the same layout that take precedence over the package's. :func:`resolve_weights` turns what a

@@ -37,7 +37,8 @@ class OnnxRuntimeBackend(Backend):
             ``(N, 1, H, W)`` (see :mod:`refusion.engine.onnx_cache` for exporting one).
         device: ``cpu``, ``cuda[:N]``.
         provider: ``cpu``, ``cuda`` or ``tensorrt``; default follows ``device``.
-        threads: intra-op threads (default: physical cores).
+        threads: intra-op threads (default: ``$OMP_NUM_THREADS`` when set, else physical
+            cores; :func:`refusion.engine.base.default_threads`).
         optimization: ``all`` (default), ``extended``, ``basic`` or ``none``.
         spin: let idle ORT threads spin; ``False`` leaves the cores to the video decoder and
             encoder threads between frames.

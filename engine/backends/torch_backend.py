@@ -94,7 +94,7 @@ class TorchBackend(Backend):
             BF16 convolutions: 1.12 s against 1.99 s a 480x640 frame in eager mode on this
             project's 2-core CPU); off for FP32 on CPU, where the model's many reshapes and
             depthwise convolutions ran slower with it.
-        compile: wrap the model in ``torch.compile`` (first call per shape compiles, 15-20 s
+        compile: wrap the model in ``torch.compile`` (first call per shape compiles, 15-25 s
             on a 2-core CPU); on CPU with Inductor's freezing (weights folded as constants,
             oneDNN weight prepacking), which the compiled graphs need to beat ONNX Runtime.
         half: FP16 weights and activations (CUDA only).
@@ -109,7 +109,8 @@ class TorchBackend(Backend):
             with ``compile``, where Inductor fuses the reference GELU gate into the loops around
             it and the opaque native op would block that (FP32 at 480x640: 0.92 s a frame with
             the native gate, 0.53-0.71 s without in five measurements).
-        threads: intra-op threads on CPU (default: physical cores).
+        threads: intra-op threads on CPU (default: ``$OMP_NUM_THREADS`` when set, else
+            physical cores; :func:`refusion.engine.base.default_threads`).
         retain_memory: keep freed memory in the process
             (:func:`refusion.engine.memory.retain_freed_memory`: process-wide, for the rest of
             the process); default on CPU, where PyTorch's uncached allocator otherwise faults

@@ -29,7 +29,7 @@ def add_backend_options(p, backends: tuple[str, ...]) -> None:
                    help="CPU threads of the torch and ONNX Runtime backends (default: "
                         "$OMP_NUM_THREADS when set, else the physical cores)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network (torch backend): 15-20 s of compilation per "
+                   help="torch.compile the network (torch backend): 15-25 s of compilation per "
                         "frame size and batch on a 2-core CPU, then the fastest CPU runs")
 
 
