@@ -53,6 +53,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise UserError(f"config key '{key}' expects true/false, got {value!r}")
     if tp in (int, float, str):
+        if value is None:  # YAML null (or an empty value): "unset" for text, never "None"
+            if tp is str:
+                return ""
+            raise UserError(f"config key '{key}' expects {tp.__name__}, got null")
         if tp is not str and isinstance(value, bool):  # YAML true is not the number 1
             raise UserError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
         try:

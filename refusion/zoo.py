@@ -193,6 +193,11 @@ def resolve_weights(spec: str | os.PathLike | None, task: str | None,
     s = str(spec)
     if Path(s).is_file():
         return s
+    if Path(s).is_dir():  # a refusion-train run folder, most likely
+        inside = [n for n in ("final.safetensors", "best.safetensors") if (Path(s) / n).is_file()]
+        hint = (f": give a checkpoint in it, e.g. {Path(s) / inside[0]}" if inside
+                else " (give a checkpoint file)")
+        raise UserError(f"{option} {s} is a folder{hint}")
     known = list_weights()
     hit = next((w for w in known if w.name == s), None)
     if hit is not None:

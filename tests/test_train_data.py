@@ -56,6 +56,13 @@ def test_ambiguous_or_missing_layouts_are_user_errors(tmp_path):
         (tmp_path / "m" / d).mkdir(parents=True)
     with pytest.raises(UserError, match="several source pairs"):
         discover_pairs(tmp_path / "m")
+    for d in ("A", "B"):  # the layout is there, with nothing in it: the folders are named
+        (tmp_path / "e" / d).mkdir(parents=True)
+    scan = discover_pairs(tmp_path / "e")
+    with pytest.raises(UserError) as exc:
+        check_and_load(scan, "skip")
+    assert str(exc.value) == (f"no usable training pairs in {tmp_path / 'e' / 'A'} and "
+                              f"{tmp_path / 'e' / 'B'}")
 
 
 def test_bad_pairs_are_reported_by_name(tmp_path, capsys):

@@ -263,6 +263,26 @@ def test_cli_error_names_the_command_under_python_m(module, prog, tmp_path):
         f"{prog}: error: data folder not found: {tmp_path / 'missing'}"]
 
 
+def test_opencv_log_lines_do_not_precede_a_data_error(tmp_path):
+    # OpenCV is first imported with the data, after the command silenced what it could
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    write_pairs(make_pairs("mfif", ["camera"], 1, 0, side=32), data, "mfif")
+    shutil.copy(next((data / "B").iterdir()), data / "B" / "bad.png")
+    (data / "A" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-m", "refusion.cli.train", "--task", "mfif", "--data",
+                        str(data), "--out", str(tmp_path / "run"), "data.on_error=fail",
+                        "log.progress=false"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.png" in lines[0], lines
+
+
 def test_a_data_error_leaves_no_run_folder(tmp_path):
     (tmp_path / "data" / "A").mkdir(parents=True)  # A without B: no pairs
     run = tmp_path / "runs" / "r"
@@ -331,13 +351,16 @@ def test_config_takes_a_shipped_recipe_by_name_from_anywhere(tmp_path, monkeypat
     shipped = read_yaml_mapping(recipe_file("mfif", "cpu"))
     assert printed["schedule"]["meta_steps"] == shipped["schedule"]["meta_steps"]
     assert printed["optim"]["lr_fusion"] == shipped["optim"]["lr_fusion"]
-    for missing in ("nosuch", "experiments/cpu.yaml", "/nonexistent/tiny.yaml"):
+    for missing in ("nosuch", "experiments/cpu.yaml", "/nonexistent/tiny.yaml", "./cpu"):
         # a mistyped path of one's own file never falls back to a shipped recipe
         with pytest.raises(SystemExit):
             main(["--task", "mfif", "--config", missing, "--print-config"])
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--config {missing}: no such file" in err[0], err
         assert "tiny" in err[0]
+    with pytest.raises(SystemExit):
+        main(["--task", "mfif", "--config", str(tmp_path), "--print-config"])
+    assert f"--config {tmp_path} is a folder, not a YAML file" in capsys.readouterr().err
 
 
 def test_resume_with_a_broken_saved_config_is_one_line(tmp_path, capsys):
@@ -407,6 +430,7 @@ def test_validation_writes_best_checkpoint(mf_data, tmp_path):
     ("data.split_seed=-1", "'data.split_seed' must be an integer"),
     ("device=foo", "'device' must be auto, cpu, cuda or cuda:N, got 'foo'"),
     ("threads=-4", "'threads' must be >= 0"),
+    ("threads=100000", "'threads' must be at most 4x the"),
     ("schedule.max_steps=-3", "'schedule.max_steps' must be >= 0"),
     ("schedule.epochs=true", "'schedule.epochs' expects int, got True"),
     ("log.keep=0", "'log.keep' must be >= 1, got 0"),
@@ -459,13 +483,13 @@ def test_resume_with_new_validation_settings(mf_data, tmp_path):
     assert rows[0]["MSE"] and not rows[0]["SF"] and rows[1]["SF"] and not rows[1]["MSE"]
     from refusion.checkpoint import read_checkpoint
 
-    # a checkpoint records the epoch its last step belongs to; panels are named like
-    # checkpoints, by the steps finished: metrics.csv rows 0, 4, 8 (log.panel_every=4) draw
-    # step_1, step_5, step_9
+    # a checkpoint records the epoch its last step belongs to; panels are drawn and named like
+    # checkpoints, by the steps finished: every log.panel_every=4 steps and after the last
+    # (5 was the last of the first sitting, max_steps=5)
     ck = read_checkpoint(run / "final.safetensors")
     assert ck.step == 10 and ck.extra["epoch"] == 2
     assert sorted(p.name for p in (run / "panels").iterdir()) == [
-        "step_00000001.png", "step_00000005.png", "step_00000009.png"]
+        "step_00000004.png", "step_00000005.png", "step_00000008.png", "step_00000010.png"]
 
 
 def test_new_validation_metrics_when_no_validation_row_survives_the_resume(mf_data, tmp_path):
@@ -522,6 +546,75 @@ def test_resume_refuses_options_it_would_ignore_and_says_when_done(mf_data, tmp_
         main(["--resume", run, "schedule.max_steps=4"])
     assert "past the 4 steps" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.yaml").read_text() == before  # not rewritten
+    # keys that define what the run's checkpoints hold cannot change on resume
+    for extra in (["schedule.epochs=3", "ablation.loss=fixed"], ["fusion.dim=8"],
+                  ["task=ivif"], ["proposal.width=8"], ["ablation.fusion=decision"]):
+        with pytest.raises(SystemExit):
+            main(["--resume", run, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot change when a run is resumed" in err[0], err
+        assert extra[-1].split("=")[0] in err[0]
+    # a complete run trains nothing more, so its config.yaml keeps describing it
+    assert main(["--resume", run, "optim.lr_fusion=5e-4"]) == 0
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
+def test_task_in_a_config_file_or_override_must_match(tmp_path, capsys):
+    from refusion.cli.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--task", "mfif", "--print-config", "task=ivif"])
+    assert "config key 'task' is 'ivif' but --task is 'mfif'" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: ivif\n")
+    with pytest.raises(SystemExit):
+        main(["--task", "mfif", "--config", str(cfg), "--print-config"])
+    assert "config key 'task' is 'ivif'" in capsys.readouterr().err
+    cfg.write_text("task: mfif\n")
+    assert main(["--task", "mfif", "--config", str(cfg), "--print-config"]) == 0
+    from refusion.train.config import config_from_dict
+
+    with pytest.raises(UserError, match="config key 'task' must be one of"):
+        config_from_dict({"task": "bogus"})  # a hand-edited config.yaml of a run
+
+
+def test_yaml_null_is_unset_for_text_keys_and_refused_for_numbers(capsys):
+    from refusion.cli.train import main
+
+    assert main(["--task", "mfif", "--print-config", "data.val=null"]) == 0
+    assert "val: ''" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--task", "mfif", "--print-config", "schedule.epochs=null"])
+    assert "config key 'schedule.epochs' expects int, got null" in capsys.readouterr().err
+
+
+def test_a_pair_no_metric_can_score_is_left_out_of_the_means(mf_data, tmp_path):
+    import warnings
+
+    import cv2
+
+    val = tmp_path / "val"
+    write_pairs(make_pairs("mfif", ["camera"], 1, 0, side=48), val, "mfif")
+    for side in ("A", "B"):  # a 1x1 pair: SF, AG, SSIM, Qabf are undefined on it
+        cv2.imwrite(str(val / side / "tiny.png"), np.full((1, 1), 128, np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # summarised in the note, not one warning per pair
+        tr = Trainer(_cfg(mf_data, f"data.val={val}", "val.metrics=[EN,SF]", "val.best=SF",
+                          "schedule.max_steps=5"), tmp_path / "run", quiet=True)
+        notes = []
+        tr._note = notes.append
+        res = tr.fit()
+    assert tr.val_left_out == {"SF": 1}
+    assert res.best["metric"] == "SF" and math.isfinite(res.best["value"])
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    assert any("left out: SF on 1 of 2 pairs" in n for n in notes), notes
+
+
+def test_csv_line_endings_stay_one_kind_across_a_resume(mf_data, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_cfg(mf_data, "schedule.max_steps=4"), run, quiet=True).fit()
+    Trainer(_cfg(mf_data), run, resume=True, quiet=True).fit()
+    assert b"\r\n" not in (run / "metrics.csv").read_bytes()
 
 
 def test_data_options_conflict_and_overrides_mix_with_options(mf_data, capsys):

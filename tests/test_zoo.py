@@ -130,6 +130,18 @@ def test_unknown_name_and_missing_default_are_one_line(zoo_dir):
         zoo.resolve_weights(None, "mfif")
 
 
+def test_a_run_folder_points_to_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(UserError, match=r"is a folder \(give a checkpoint file\)"):
+        zoo.resolve_weights(str(run), "ivif")
+    (run / "final.safetensors").write_bytes(b"")
+    with pytest.raises(UserError) as exc:
+        zoo.resolve_weights(str(run), "ivif")
+    assert str(exc.value) == (f"--weights {run} is a folder: give a checkpoint in it, e.g. "
+                              f"{run / 'final.safetensors'}")
+
+
 def test_env_folders_shadow_in_order(zoo_dir, tmp_path, monkeypatch):
     other = tmp_path / "other"
     zoo.publish_weights(_ckpt(tmp_path / "o.safetensors", task="ivif"), "ivif", other,

@@ -89,8 +89,13 @@ def _quiet_opencv() -> None:
     """Silence OpenCV's own log lines ("[ WARN:0@1.5] global grfmt_png.cpp ..."): every
     failure they describe reaches the user as our one line naming the file. A user's
     ``OPENCV_LOG_LEVEL`` still wins (debugging a codec)."""
-    if "OPENCV_LOG_LEVEL" in os.environ or "cv2" not in sys.modules:
-        return  # a command that reads no images has not imported OpenCV: no start-up cost
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    if "cv2" not in sys.modules:
+        # not imported yet (a command that reads no images never imports it, and
+        # refusion-train imports it only with its data): OpenCV reads this when it loads
+        os.environ["OPENCV_LOG_LEVEL"] = "SILENT"
+        return
     import cv2
 
     with contextlib.suppress(AttributeError, ImportError, cv2.error):

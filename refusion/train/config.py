@@ -170,10 +170,13 @@ def recipe_file(task: str, name: str, option: str = "--config") -> str:
     path = Path(name)
     if path.is_file():
         return str(name)
+    if path.is_dir():
+        raise UserError(f"{option} {name} is a folder, not a YAML file")
     folder = importlib.resources.files("refusion.configs").joinpath("recipes")
     # a bare name, or the source-tree path of a shipped recipe; any other missing path is an
     # error (a mistyped path of the user's own file must not fall back to a shipped one)
-    shipped_path = path.parent.as_posix() in (".", "refusion/configs/recipes")
+    shipped_path = (path.parent.as_posix() in (".", "refusion/configs/recipes")
+                    and not name.startswith(("./", ".\\")))  # ./cpu means a file of the user's
     stem = path.name.removesuffix(".yaml")
     for cand in (f"{task}-{stem}.yaml", f"{stem}.yaml") if shipped_path else ():
         res = folder.joinpath(cand)
@@ -181,6 +184,9 @@ def recipe_file(task: str, name: str, option: str = "--config") -> str:
             return str(res)
     shipped = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
                      if p.name.endswith(".yaml"))
+    if not shipped_path:
+        raise UserError(f"{option} {name}: no such file (shipped recipes are given by bare "
+                        f"name: cpu, paper (per task), {', '.join(shipped)})")
     raise UserError(f"{option} {name}: no such file and no shipped recipe of that name "
                     f"(shipped: cpu, paper (per task), {', '.join(shipped)})")
 
@@ -191,8 +197,17 @@ def build_config(
     """Defaults < task preset < ``config_file`` < overrides (``key.sub=value``)."""
     data = to_dict(TrainConfig())
     data = _merge(data, yaml.safe_load(preset_text(task)) or {})
+    given = []  # a task written in a --config file or an override must agree with --task
     if config_file:
-        data = _merge(data, read_yaml_mapping(config_file))
+        mapping = read_yaml_mapping(config_file)
+        given += [mapping["task"]] if "task" in mapping else []
+        data = _merge(data, mapping)
+    given += [o.split("=", 1)[1].strip() for o in overrides
+              if "=" in o and o.split("=", 1)[0].strip() == "task"]
+    for value in given:
+        if str(value) != task:
+            raise UserError(f"config key 'task' is {value!r} but --task is {task!r} (the task "
+                            "comes from --task)")
     data = apply_overrides(data, overrides)
     data["task"] = task
     cfg = from_dict(TrainConfig, data)
@@ -217,6 +232,8 @@ def validate(cfg: TrainConfig) -> None:
     def bad(key: str, rule: str, value) -> UserError:
         return UserError(f"config key '{key}' must be {rule}, got {value!r}")
 
+    if cfg.task not in TASKS:  # a hand-edited config.yaml of a run
+        raise bad("task", "one of " + ", ".join(TASKS), cfg.task)
     s = cfg.schedule
     at_least_one = (
         ("schedule.batch", s.batch), ("schedule.patch", s.patch),
@@ -239,6 +256,11 @@ def validate(cfg: TrainConfig) -> None:
     for key, value in at_least_zero:
         if value < 0:
             raise bad(key, ">= 0", value)
+    import os
+
+    limit = 4 * (os.cpu_count() or 1)  # as the other commands' --threads: a typo such as
+    if cfg.threads > limit:  # 100000 would start tens of thousands of threads
+        raise bad("threads", f"at most 4x the {os.cpu_count()} CPUs here ({limit})", cfg.threads)
     for key, value in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
         if not 0 <= value < 2**63:
             raise bad(key, "an integer from 0 to 2**63 - 1", value)

@@ -59,6 +59,7 @@ class PairScan:
 
     pairs: list[Pair] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    where: str = ""  # the folders searched, for messages
 
 
 def _images_by_stem(folder: Path, scan: PairScan) -> ImageFolder:
@@ -86,6 +87,7 @@ def match_pairs(dir_a: Path, dir_b: Path, prefix: str = "", scan: PairScan | Non
     for d in (dir_a, dir_b):
         if not d.is_dir():
             raise UserError(f"not a folder: {d}")
+    scan.where = scan.where or f"{dir_a} and {dir_b}"
     la, lb = _images_by_stem(dir_a, scan), _images_by_stem(dir_b, scan)
     fa, fb = la.images, lb.images
     for here, there, other_dir in ((la, lb, dir_b), (lb, la, dir_a)):
@@ -117,7 +119,7 @@ def discover_pairs(root: str | Path | None = None, a: str | Path | None = None,
         raise UserError(f"{root} holds several source pairs ({names}); choose with --a and --b")
     if layouts:
         return match_pairs(*layouts[0])
-    scan = PairScan()
+    scan = PairScan(where=str(root))
     for sub in sorted(d for d in root.iterdir() if d.is_dir()):
         for da, db in _find_layouts(sub):
             prefix = f"{sub.name}/" if len(_find_layouts(sub)) == 1 else f"{sub.name}/{da.name}/"
@@ -180,7 +182,7 @@ def check_and_load(scan: PairScan, on_error: str, what: str = "training",
             print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s): "
                   f"{head}", file=sys.stderr)
     if not good:
-        raise UserError(f"no usable {what} pairs")
+        raise UserError(f"no usable {what} pairs" + (f" in {scan.where}" if scan.where else ""))
     return good
 
 

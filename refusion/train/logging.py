@@ -40,7 +40,8 @@ class ScalarLog:
             _truncate_after(self.path, resume_step - 1)
             _truncate_after(self.val_path, resume_step)
         self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
-        self._w = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
+        self._w = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore",
+                                 lineterminator="\n")  # as validation.csv, and as kept on resume
         if self._fh.tell() == 0:
             self._w.writeheader()
         self.tb = None

@@ -96,10 +96,25 @@ def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+#: Keys a resumed run cannot change: they define what its checkpoints already hold (the task,
+#: the networks, the ablation), which a later checkpoint would otherwise misstate. (The
+#: schedule may change: a fusion-only run resumed with meta steps is a warm-up, docs/training.md.)
+FIXED_ON_RESUME = ("task", "ablation.", "fusion.", "proposal.", "reconstruction.")
+
+
 def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The configuration saved in a run folder, with ``key.sub=value`` overrides on top."""
+    """The configuration saved in a run folder, with ``key.sub=value`` overrides on top.
+
+    Overrides of the keys in :data:`FIXED_ON_RESUME` are refused (one line naming them).
+    """
     from refusion.config import apply_overrides, read_yaml_mapping
 
+    fixed = [o.split("=", 1)[0].strip() for o in overrides
+             if o.split("=", 1)[0].strip().startswith(FIXED_ON_RESUME)]
+    if fixed:
+        raise UserError(f"{', '.join(fixed)} cannot change when a run is resumed: its "
+                        f"checkpoints and epochs were made with the values in {run_dir}/"
+                        "config.yaml (start a new run to change them)")
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a refusion-train run folder (no config.yaml)")
@@ -196,7 +211,9 @@ class Trainer:
         self._load_data()
         if resume:
             self._resume()
-            if self.dist.is_main:  # a later --resume continues with this sitting's overrides
+            if self.dist.is_main and self.step < self.total:
+                # a later --resume continues with this sitting's overrides (a complete run
+                # trains nothing more, so its file keeps describing it)
                 save_run_config(self.run_dir, cfg)
         elif self.dist.is_main:
             ensure_writable(self.run_dir, folder=True)  # one line naming --out otherwise
@@ -237,6 +254,7 @@ class Trainer:
         self._note(f"{len(self.pairs)} training pairs ({len(self.meta_train)} meta-training, "
                    f"{len(self.meta_test)} meta-testing)")
         self.val_pairs = []
+        self.val_left_out: dict[str, int] = {}
         if d.val:
             try:
                 vscan = discover_pairs(d.val)
@@ -405,24 +423,40 @@ class Trainer:
     # ------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean metrics of F on the validation pairs (centre crops of ``val.max_side``)."""
+        """Mean metrics of F on the validation pairs (centre crops of ``val.max_side``).
+
+        A metric undefined on a pair (NaN: an image too small or flat for it) is left out of
+        that metric's mean, so one such pair does not make the metric NaN for the whole run;
+        :attr:`val_left_out` counts, per metric, the pairs left out (NaN when none scored).
+        """
+        import warnings
+
         from refusion.metrics import compute_suite
+        from refusion.metrics._common import DegenerateInputWarning
 
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         self.fusion.eval()
-        for pair in self.val_pairs:
-            a = centre_crop(pair.a, self.cfg.val.max_side)
-            b = centre_crop(pair.b, self.cfg.val.max_side)
-            ta = torch.from_numpy(np.ascontiguousarray(a))[None, None].to(self.device)
-            tb = torch.from_numpy(np.ascontiguousarray(b))[None, None].to(self.device)
-            f = meta.fuse(self.fusion, None, ta, tb)[0, 0].float().cpu().numpy()
-            vals = compute_suite(a.astype(np.float64) * 255.0, b.astype(np.float64) * 255.0,
-                                 np.clip(f.astype(np.float64), 0, 1) * 255.0,
-                                 metrics=self.cfg.val.metrics)
-            for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v
+        with warnings.catch_warnings():  # summarised in val_left_out instead, once per epoch
+            warnings.simplefilter("ignore", DegenerateInputWarning)
+            for pair in self.val_pairs:
+                a = centre_crop(pair.a, self.cfg.val.max_side)
+                b = centre_crop(pair.b, self.cfg.val.max_side)
+                ta = torch.from_numpy(np.ascontiguousarray(a))[None, None].to(self.device)
+                tb = torch.from_numpy(np.ascontiguousarray(b))[None, None].to(self.device)
+                f = meta.fuse(self.fusion, None, ta, tb)[0, 0].float().cpu().numpy()
+                vals = compute_suite(a.astype(np.float64) * 255.0,
+                                     b.astype(np.float64) * 255.0,
+                                     np.clip(f.astype(np.float64), 0, 1) * 255.0,
+                                     metrics=self.cfg.val.metrics)
+                for k, v in vals.items():
+                    ok = math.isfinite(v)
+                    sums[k] = sums.get(k, 0.0) + (v if ok else 0.0)
+                    counts[k] = counts.get(k, 0) + ok
         self.fusion.train()
-        return {k: v / len(self.val_pairs) for k, v in sums.items()}
+        n = len(self.val_pairs)
+        self.val_left_out = {k: n - c for k, c in counts.items() if c < n}
+        return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in sums}
 
     def _end_of_epoch(self, log: ScalarLog | None) -> None:
         if not self.val_pairs or not self.dist.is_main:
@@ -440,7 +474,15 @@ class Trainer:
                 save_checkpoint(self.run_dir / "best.safetensors", self.networks,
                                 task=self.cfg.task, step=self.step,
                                 extra={**self._extra(), "validation": vals})
-        self._note("validation " + ", ".join(f"{k} {v:.4g}" for k, v in vals.items()))
+        note = "validation " + ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
+        if self.val_left_out:
+            n = len(self.val_pairs)
+            note += " (undefined, so left out: " + ", ".join(
+                f"{k} on {m} of {n} pairs" for k, m in self.val_left_out.items()) + ")"
+        if key in vals and not math.isfinite(vals[key]):
+            note += (f"; no best checkpoint: val.best {key} is undefined on every validation "
+                     "pair")
+        self._note(note)
         D.barrier(self.dist)
 
     # ------------------------------------------------------------------- loop
@@ -503,8 +545,9 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(_postfix(row), refresh=False)
-                if self.dist.is_main and done % c.log.panel_every == 0:
-                    self._panel(batch)
+                if self.dist.is_main and (self.step % c.log.panel_every == 0
+                                          or self.step == self.total):
+                    self._panel(batch)  # on the checkpoints' grid, and the final state
                 if on_step is not None:
                     on_step(self, row)
                 if self.schedule.epoch_ends(done) or self.step == self.total:
