@@ -247,6 +247,12 @@ class Trainer:
         d = self.cfg.data
         show = not self.quiet and self.dist.is_main and self.cfg.log.progress
         scan = discover_pairs(d.root, d.a or None, d.b or None)
+        vscan = None
+        if d.val:  # listed before any decoding: a mistyped --val fails at once
+            try:
+                vscan = discover_pairs(d.val)
+            except UserError as exc:
+                raise UserError(f"validation data (--val, data.val): {exc}") from None
         self.pairs = check_and_load(scan, d.on_error, "training", progress=show,
                                     report=self.dist.is_main)
         self.meta_train, self.meta_test = split_meta(len(self.pairs), d.meta_test_fraction,
@@ -255,11 +261,7 @@ class Trainer:
                    f"{len(self.meta_test)} meta-testing)")
         self.val_pairs = []
         self.val_left_out: dict[str, int] = {}
-        if d.val:
-            try:
-                vscan = discover_pairs(d.val)
-            except UserError as exc:
-                raise UserError(f"validation data (--val, data.val): {exc}") from None
+        if vscan is not None:
             vscan.pairs = vscan.pairs[: self.cfg.val.max_pairs]
             self.val_pairs = check_and_load(vscan, d.on_error, "validation", progress=show,
                                             report=self.dist.is_main)
