@@ -283,6 +283,17 @@ def test_opencv_log_lines_do_not_precede_a_data_error(tmp_path):
     assert len(lines) == 1 and "bad.png" in lines[0], lines
 
 
+def test_a_mistyped_val_fails_before_the_training_pairs_are_decoded(tmp_path):
+    data = tmp_path / "data"
+    write_pairs(make_pairs("mfif", ["camera"], 1, 0, side=32), data, "mfif")
+    for side in ("A", "B"):  # decoding would stop on this pair first (data.on_error=fail)
+        (data / side / "zz.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"validation data \(--val, data.val\): data folder "
+                       "not found"):
+        Trainer(_cfg(data, f"data.val={tmp_path / 'vall'}", "data.on_error=fail"),
+                tmp_path / "run", quiet=True)
+
+
 def test_a_data_error_leaves_no_run_folder(tmp_path):
     (tmp_path / "data" / "A").mkdir(parents=True)  # A without B: no pairs
     run = tmp_path / "runs" / "r"
