@@ -133,11 +133,27 @@ def load_config(
     return from_dict(cls, data)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the
+    last silently: a setting written twice in a config file must not vanish unnoticed)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
-    """The mapping in YAML file ``path``; a read or parse problem is one :class:`UserError` line."""
+    """The mapping in YAML file ``path``; a read or parse problem (a key given twice included)
+    is one :class:`UserError` line."""
     try:
         with open(path, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
+            loaded = yaml.load(fh, Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

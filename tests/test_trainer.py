@@ -333,6 +333,8 @@ def test_unknown_override_is_one_line_error(capsys):
     ("a:\n\tb: 1\n", "is not valid YAML: line 2, column 1: found character '\\t'"),
     ("- 1\n", "must hold a mapping at the top level"),
     (b"\xff\xfe", "is not UTF-8 text"),
+    ("schedule:\n  epochs: 2\n  epochs: 3\n",
+     "is not valid YAML: line 3, column 3: key 'epochs' is given twice"),
 ])
 def test_bad_config_file_is_one_line_naming_it(tmp_path, capsys, text, message):
     from refusion.cli.train import main
