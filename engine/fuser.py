@@ -16,6 +16,7 @@ kept (the authors' YCrCb rule), fixed output scaling, same-size pairs batched::
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,10 +65,17 @@ class Fuser:
             :func:`refusion.engine.create_backend`.
 
     Shape:
-        - ``a``, ``b``: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float32 (0..255;
-          a float image file within 0..1 is scaled by 255 when read);
+        - ``a``, ``b``: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float (0..255;
+          a float image file within 0..1 is scaled by 255 when read, a float array is not:
+          it gets a warning), checked by :func:`refusion.imaging.check_source`;
           the two sources of a pair have the same ``H, W``.
         - output: ``(H, W)`` uint8, or ``(H, W, 3)`` BGR uint8 when a source has colour.
+
+    Threads: the backend is built and activated once, whichever threads call first; calls
+    from several threads are then safe on the CPU backends (torch, ONNX Runtime). A CUDA
+    backend with CUDA graphs and the TensorRT backend reuse one set of device buffers: give
+    each thread its own Fuser there. ``weights`` may also be an ``nn.Module`` (as
+    :func:`refusion.engine.create_backend` takes).
     """
 
     def __init__(
@@ -85,23 +93,31 @@ class Fuser:
 
         if normalize not in ("fixed", "minmax"):
             raise UserError(f"normalize must be 'fixed' or 'minmax', got {normalize!r}")
-        resolved = resolve_weights(None if weights is None else str(weights), task)
-        self.label = weights_label(None if weights is None else str(weights), resolved)
-        check_task(resolved, task, f"--weights {self.label}")
-        self.weights = resolved
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            self.weights: Any = weights  # an nn.Module, as create_backend takes
+            self.label = type(weights).__name__
+        else:
+            resolved = resolve_weights(None if weights is None else str(weights), task)
+            self.label = weights_label(None if weights is None else str(weights), resolved)
+            check_task(resolved, task, f"--weights {self.label}")
+            self.weights = resolved
         self.normalize: Normalize = normalize
         self.gray = gray
         self._spec = (backend, device, options)
         self._backend: Backend | None = None
+        # one backend however many threads call first (each would otherwise build its own,
+        # and close() would free only the last)
+        self._lock = threading.Lock()
 
     @property
     def backend(self) -> Backend:
         """The backend, created on first use (with ONNX Runtime and a checkpoint, creating it
         exports the checkpoint, so a Fuser costs nothing until it fuses)."""
-        if self._backend is None:
-            name, device, options = self._spec
-            self._backend = create_backend(name, self.weights, device=device, **options)
-        return self._backend
+        with self._lock:
+            if self._backend is None:
+                name, device, options = self._spec
+                self._backend = create_backend(name, self.weights, device=device, **options)
+            return self._backend
 
     # --- lifecycle: the backend's, so that a Fuser can be used with or without ``with`` -------
     def __enter__(self) -> Fuser:
@@ -113,8 +129,9 @@ class Fuser:
 
     def close(self) -> None:
         """Free the backend (a later call activates it again)."""
-        if self._backend is not None:
-            self._backend.deactivate()
+        with self._lock:
+            if self._backend is not None:
+                self._backend.deactivate()
 
     # --- fusion -----------------------------------------------------------------------------
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -145,7 +162,9 @@ class Fuser:
     def fuse_prepared(self, prepared: Sequence[PreparedPair],
                       batch_size: int = 4) -> list[np.ndarray]:
         """Fused images of pairs already through :func:`refusion.imaging.prepare_pair`."""
-        self.backend.activate()
+        backend = self.backend
+        with self._lock:  # activation loads the model once, not once per calling thread
+            backend.activate()
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, pp in enumerate(prepared):
             by_size.setdefault(pp.a.shape, []).append(i)

@@ -108,8 +108,9 @@ def create_backend(
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
         **options: passed to the backend class (e.g. ``compile=True`` for torch,
             ``threads=2`` for onnxruntime); options of another backend than the one built are
-            dropped (so ``auto`` takes the options of every backend it may pick), and an
-            option no backend takes is a ``TypeError``.
+            dropped (so ``auto`` takes the options of every backend it may pick), except
+            ``half``, ``bf16`` and ``compile``, which make ``auto`` pick torch and are an error
+            for the other backends; an option no backend takes is a ``TypeError``.
 
     Returns:
         An inactive :class:`Backend`; use it as a context manager or call ``activate()``.
@@ -126,6 +127,15 @@ def create_backend(
     unknown = set(options) - set().union(*_OPTIONS.values())
     if unknown:  # a typo would otherwise be dropped silently by auto
         raise TypeError(f"create_backend() got options no backend takes: {sorted(unknown)}")
+    # precision and compilation change what runs: they select the torch backend under auto
+    # and are refused by the others (never dropped), as refusion-fuse's --fp16/--bf16/--compile
+    modes = [k for k in ("half", "bf16", "compile") if options.get(k)]
+    if modes and name != "torch":
+        if name != "auto":
+            raise UserError(f"{', '.join(modes)} {'needs' if len(modes) == 1 else 'need'} the "
+                            f"torch backend, not {name!r} (an FP16 ONNX Runtime or TensorRT run "
+                            "takes an FP16 export: refusion-export --fp16)")
+        name = "torch"
     if name == "auto":
         return _auto(weights, device, onnx_cache, options)
     return _make(name, weights, device, onnx_cache, options)

@@ -209,8 +209,16 @@ def robust_bounds(
 
 
 def map_range(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(img - lo) / (hi - lo)`` clipped to [0, 1], as float32 on the 0..255 scale."""
-    span = max(hi - lo, 1e-6)
+    """``(img - lo) / (hi - lo)`` clipped to [0, 1], as float32 on the 0..255 scale.
+
+    Bounds less than one level apart (a flat 16-bit frame: a lens cap, a uniform scene) hold
+    no contrast to stretch; such a frame is scaled as 16-bit data, ``img / 257``, instead of
+    going to black.
+    """
+    if hi - lo < 1.0:
+        flat = img.astype(np.float32) / np.float32(257.0)
+        return np.clip(flat, 0.0, 255.0, out=flat)
+    span = hi - lo
     out = (img.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / span)
     return np.clip(out, 0.0, 255.0, out=out)
 
@@ -268,6 +276,46 @@ class PreparedPair:
     chroma: np.ndarray | None  # (H, W, 2) float32 or None for a grey result
 
 
+_SOURCE_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
+
+
+def check_source(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """A source image as :func:`prepare_pair` takes it, or one :class:`UserError` naming it.
+
+    Arrays get the checks that :func:`read_image` gives files: ``(H, W)``, ``(H, W, 1)``
+    (squeezed) or ``(H, W, 3)`` BGR (``(H, W, 4)``: alpha dropped), not empty, uint8, uint16
+    or float (as float32, on the 0..255 scale, finite, clipped to 0..255); a non-native byte
+    order is converted. A float array that lies within 0..1 gets a warning: the 0..1 rule of
+    files (:func:`unit_float_to_255`) is not applied to arrays, whose scale is the caller's.
+    """
+    if not isinstance(img, np.ndarray):
+        raise UserError(f"{name}: expected a numpy image, got {type(img).__name__}")
+    if img.ndim == 3 and img.shape[2] in (1, 4):
+        img = img[:, :, 0] if img.shape[2] == 1 else img[:, :, :3]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise UserError(f"{name}: expected an (H, W) or (H, W, 3) BGR image, got shape "
+                        f"{tuple(img.shape)}")
+    if img.size == 0:
+        raise UserError(f"{name}: empty image {tuple(img.shape)}")
+    if not img.dtype.isnative:
+        img = img.astype(img.dtype.newbyteorder("="))
+    if img.dtype.type not in _SOURCE_DTYPES:
+        raise UserError(f"{name}: pixel type {img.dtype} is not supported (uint8, uint16 or "
+                        "float on 0..255)")
+    if img.dtype.kind == "f":
+        img = img.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(img)):
+            raise UserError(f"{name} contains NaN or Inf")
+        if img.max() <= 1.0 + UNIT_FLOAT_SLACK and img.max() > 0:
+            import warnings
+
+            warnings.warn(f"{name}: float values within 0..1; sources are taken on the 0..255 "
+                          "scale (multiply by 255), as image files within 0..1 are when read",
+                          UserWarning, stacklevel=3)
+        img = np.clip(img, 0.0, 255.0)
+    return img
+
+
 def prepare_pair(
     img_a: np.ndarray,
     img_b: np.ndarray,
@@ -279,11 +327,13 @@ def prepare_pair(
     """Lumas and output chroma of a pair (see the module docstring for the colour rule).
 
     Args:
-        img_a, img_b: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float32 (0..255).
+        img_a, img_b: ``(H, W)`` or ``(H, W, 3)`` BGR, uint8, uint16 or float (0..255);
+            checked by :func:`check_source`.
         name_a, name_b: names used in error messages.
         trackers: per-source :class:`RangeTracker` for 16-bit video frames (smoothed bounds);
             ``None`` maps a 16-bit image by its own percentiles.
     """
+    img_a, img_b = check_source(img_a, name_a), check_source(img_b, name_b)
     if img_a.shape[:2] != img_b.shape[:2]:
         raise UserError(
             f"size mismatch: {name_a} is {img_a.shape[1]}x{img_a.shape[0]}, "

@@ -98,8 +98,13 @@ def test_create_backend_from_checkpoint_and_auto(tiny, tmp_path):
         ref = tb.infer(x)
     with create_backend("onnxruntime", ckpt, device="cpu") as ob:
         assert np.abs(ob.infer(x) - ref).max() < 1e-4
-    be = create_backend("auto", ckpt, compile=True, provider="cpu")  # foreign options dropped
+    be = create_backend("auto", ckpt, channels_last=True, provider="cpu")  # foreign: dropped
     assert be.name == "onnxruntime" and be.device == "cpu"  # the CPU winner in bench/
+    # precision and compilation are never dropped: they pick torch, or are refused
+    assert create_backend("auto", ckpt, compile=True, provider="cpu").name == "torch"
+    assert create_backend("auto", ckpt, bf16=True).name == "torch"
+    with pytest.raises(UserError, match="half needs the torch backend, not 'onnxruntime'"):
+        create_backend("onnxruntime", ckpt, half=True)
     with pytest.raises(TypeError, match="retain_memroy"):  # a typo is not dropped silently
         create_backend("auto", ckpt, retain_memroy=False)
 
@@ -118,6 +123,20 @@ def test_backend_options_table_matches_the_classes():
         params = inspect.signature(cls.__init__).parameters.values()
         keyword = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
         assert registry._OPTIONS[name] == keyword, name
+
+
+def test_the_torch_backend_gives_the_host_its_thread_count_back(tiny):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with TorchBackend(tiny, threads=2) as be:
+            assert torch.get_num_threads() == 2
+            be.infer(_batch(1, 16, 16))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_describe_and_warmup(tiny):

@@ -201,11 +201,19 @@ def test_threads_default_to_omp_num_threads_and_follow_the_option(pair_files, ck
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         assert default_threads() == physical_cores()
     a, b = pair_files
+    from refusion.engine.backends.torch_backend import TorchBackend
+
+    seen = []
+    infer = TorchBackend.infer
+    monkeypatch.setattr(TorchBackend, "infer",
+                        lambda self, x: seen.append(torch.get_num_threads()) or infer(self, x))
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         assert main([str(a), str(b), "-o", str(tmp_path / "f.png"), "--weights", str(ckpt),
                      "--backend", "torch", "--threads", "1", "--device", "cpu"]) == 0
-        assert torch.get_num_threads() == 1  # the torch backend set what it was given
+        assert seen and set(seen) == {1}  # the torch backend ran with what it was given
+        assert torch.get_num_threads() == 2  # and gave the process its own setting back
     finally:
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):

@@ -104,6 +104,74 @@ def test_a_fuser_is_lazy_and_closes_twice(ckpt, photo_pair):
     assert not fuse.backend.is_active
 
 
+@pytest.mark.parametrize(("image", "needle"), [
+    (np.full((8, 8), np.nan, np.float32), "pair 0 a contains NaN or Inf"),
+    (np.zeros((8, 8), np.int32), "pixel type int32 is not supported"),
+    (np.zeros((8, 8), bool), "pixel type bool is not supported"),
+    (np.zeros((8, 8, 2), np.uint8), "expected an (H, W) or (H, W, 3) BGR image, got shape (8, 8"),
+    (np.zeros((3, 8, 8), np.uint8), "got shape (3, 8, 8)"),
+    (np.zeros((0, 0), np.uint8), "empty image (0, 0)"),
+    ([[1, 2], [3, 4]], "expected a numpy image, got list"),
+])
+def test_arrays_get_the_checks_files_get(ckpt, image, needle):
+    fuse = Fuser(ckpt, backend="torch", device="cpu")
+    with pytest.raises(UserError) as exc:
+        fuse(image, np.zeros((8, 8), np.uint8))
+    assert needle in str(exc.value)
+
+
+def test_array_forms_that_files_also_come_in(ckpt, photo_pair):
+    ir, vis = photo_pair
+    fuse = Fuser(ckpt, backend="torch", device="cpu", gray=True)
+    want = fuse(ir, vis[..., 1])
+    assert np.array_equal(fuse(ir[..., None], vis[..., 1]), want)  # (H, W, 1) squeezed
+    big_endian = (ir.astype(np.uint16) * 257).astype(">u2")  # byte order converted
+    assert np.array_equal(fuse(big_endian, vis[..., 1]),
+                          fuse((ir.astype(np.uint16) * 257), vis[..., 1]))
+    with pytest.warns(UserWarning, match="float values within 0..1"):
+        fuse(ir.astype(np.float32) / 255.0, vis[..., 1])
+    # beyond 0..255 is clipped, as in files
+    assert np.array_equal(fuse(np.full(ir.shape, 1e4, np.float32), vis[..., 1]),
+                          fuse(np.full(ir.shape, 255, np.uint8), vis[..., 1]))
+
+
+def test_a_flat_16bit_frame_is_not_black():
+    flat = np.full((16, 16), 3000, np.uint16)
+    assert np.allclose(to_display255(flat), 3000 / 257)
+
+
+def test_a_module_and_many_threads(photo_pair):
+    import threading
+
+    torch.manual_seed(0)
+    net = FusionNet(FusionConfig(dim=4, blocks=1, heads=2, afm_expansion=1))
+    fuse = Fuser(net, backend="torch", device="cpu")
+    ir, vis = photo_pair
+    want = fuse(ir, vis)
+    fuse.close()
+    fuse._backend = None
+    import refusion.engine.fuser as fuser_module
+
+    made, create = [], fuser_module.create_backend
+    fuser_module.create_backend = lambda *a, **k: made.append(1) or create(*a, **k)
+    try:
+        out = [None] * 4
+
+        def run(i):
+            out[i] = fuse(ir, vis)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        fuser_module.create_backend = create
+    assert made == [1] and all(np.array_equal(o, want) for o in out)
+    fuse.close()
+    assert not fuse.backend.is_active
+
+
 def test_shipped_weights_by_task():
     fuse = Fuser(task="mfif", backend="torch", device="cpu")
     assert fuse.label == "mfif"

@@ -166,6 +166,9 @@ class TorchBackend(Backend):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--backend torch --device cuda: no CUDA device is available")
         if self.device == "cpu":
+            # torch's thread count is process-wide: the host application's own setting comes
+            # back at deactivate()
+            self._host_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads or default_threads())
         if self.retain_memory:
             from refusion.engine.memory import retain_freed_memory
@@ -207,6 +210,9 @@ class TorchBackend(Backend):
     def _deactivate(self) -> None:
         self._graphs.clear()
         self._model = self._run = None
+        if getattr(self, "_host_threads", None):
+            torch.set_num_threads(self._host_threads)
+            self._host_threads = None
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
