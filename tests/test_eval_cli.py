@@ -302,3 +302,18 @@ def test_a_missing_single_file_is_named(folders, tmp_path, capsys):
         main(["--a", str(ir), "--b", str(vi), "--fused", str(tmp_path / "nope.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"no such file or folder: {tmp_path / 'nope.png'}" in err[0]
+
+
+def test_outputs_never_overwrite_an_image_or_each_other(folders, tmp_path, capsys):
+    src = folders["ir"] / "00.png"
+    before = src.read_bytes()
+    with pytest.raises(SystemExit):
+        _run(folders, "--metrics", "EN", "--output", str(src))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--output {src} would overwrite the input --a {src}" in err[0]
+    assert src.read_bytes() == before
+    same = tmp_path / "t.json"
+    with pytest.raises(SystemExit):
+        _run(folders, "--metrics", "EN", "--output", str(same), "--per-image", str(same))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--per-image" in err[0] and "--output" in err[0], err

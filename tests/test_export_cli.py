@@ -63,6 +63,13 @@ def test_one_line_errors(ckpt, tmp_path, capsys):
     assert "--opset" in _error([str(ckpt), *o, "--opset", "13"], capsys)
     assert "is newer than this torch can export" in _error([str(ckpt), *o, "--opset", "99"],
                                                            capsys)
+    from torch.onnx import _constants
+
+    # the limit is the TorchScript exporter's (the one used), not the dynamo exporter's
+    newest = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None)
+    if newest is not None and newest < _constants.ONNX_MAX_OPSET:
+        err = _error([str(ckpt), *o, "--opset", str(newest + 1)], capsys)
+        assert f"(17 to {newest})" in err
     assert "--check-size" in _error([str(ckpt), *o, "--check-size", "big"], capsys)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint at all")

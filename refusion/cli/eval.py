@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from refusion.cli._common import cli_entry
 from refusion.errors import UserError
 from refusion.metrics import METRICS, evaluate_folders
-from refusion.utils.atomic import atomic_write_text, ensure_writable
+from refusion.utils.atomic import atomic_write_text, check_outputs, ensure_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _input_files(args) -> list[tuple[str, Path]]:
+    """Every file the command reads (the files of folders given), as ``(option, path)``."""
+    out = []
+    for option, values in (("--a", [args.a]), ("--b", [args.b]), ("--fused", args.fused)):
+        for v in values or ():
+            p = Path(v)
+            files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+            out += [(option, f) for f in files]
+    return out
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``refusion-eval``; returns the exit status."""
@@ -62,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.output, args.per_image):
         if path:
             ensure_writable(path)
+    check_outputs([("--output", args.output), ("--per-image", args.per_image)],
+                  _input_files(args))
     res = evaluate_folders(args.a, args.b, args.fused, metrics=metrics,
                            convention=args.convention, workers=args.workers,
                            progress=not args.no_progress and sys.stderr.isatty())

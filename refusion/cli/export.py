@@ -101,12 +101,18 @@ def _command_logging(quiet: bool):
 
 
 def _newest_opset() -> int | None:
-    """The newest opset the installed torch's ONNX exporter writes (None: unknown)."""
+    """The newest opset the installed torch's TorchScript ONNX exporter writes (the one
+    :func:`refusion.export.export_onnx` uses, ``dynamo=False``; None: unknown). Its limit is
+    lower than the dynamo exporter's ``ONNX_MAX_OPSET``: asked for more, it writes a graph
+    labelled with the newer opset after a warning."""
     try:
-        from torch.onnx._constants import ONNX_MAX_OPSET
+        from torch.onnx import _constants
     except ImportError:
         return None
-    return int(ONNX_MAX_OPSET)
+    limit = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None)
+    if limit is None:
+        limit = getattr(_constants, "ONNX_MAX_OPSET", None)
+    return None if limit is None else int(limit)
 
 
 def _timing_cache(args) -> Path:
