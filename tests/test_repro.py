@@ -182,6 +182,15 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
               work=work, results=results, quiet=True)
     assert finals == {v: (work / "mfif" / v / "final.safetensors").stat().st_mtime_ns
                       for v in ("learned", "fixed")}
+    # ... but never for another request: other settings or another split
+    from refusion.errors import UserError
+
+    with pytest.raises(UserError, match=r"trained with other settings \(fusion.dim 4 -> 8"):
+        run_repro("mfif", tmp_path / "data", recipe="tiny", variants=("fixed",), work=work,
+                  results=results, quiet=True, overrides=["fusion.dim=8"])
+    with pytest.raises(UserError, match="trained on another split"):
+        run_repro("mfif", tmp_path / "data", recipe="tiny", variants=("fixed",), work=work,
+                  results=results, quiet=True, seed=1)
 
 
 def test_repro_overrides_may_follow_the_options():

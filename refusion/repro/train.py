@@ -14,6 +14,7 @@ from pathlib import Path
 from refusion.errors import UserError
 from refusion.repro.splits import Split, stage, write_split
 from refusion.train.config import recipe_file
+from refusion.utils.atomic import atomic_write_text
 
 VARIANTS = {
     "learned": ["ablation.loss=learned", "ablation.fusion=direct"],
@@ -45,21 +46,55 @@ def train_variant(task: str, variant: str, recipe: str, task_dir: Path,
         raise UserError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
     run_dir = task_dir / variant
     final = run_dir / "final.safetensors"
-    if final.exists():
-        return final
     train_dir, val_dir = task_dir / "data" / "train", task_dir / "data" / "val"
-    if latest_checkpoint(run_dir) is not None:
-        cfg, resume = load_run_config(run_dir), True
-    else:
-        opts = [f"data.root={train_dir}", f"data.val={val_dir}", *VARIANTS[variant],
-                *overrides]
-        cfg, resume = build_config(task, recipe_path(task, recipe), opts), False
+    opts = [f"data.root={train_dir}", f"data.val={val_dir}", *VARIANTS[variant], *overrides]
+    cfg = build_config(task, recipe_path(task, recipe), opts)
+    split_now = (task_dir / "split.json").read_text() if (task_dir / "split.json").exists() \
+        else ""
+    if (run_dir / "config.yaml").exists():
+        # a finished or interrupted run is reused only for the same request: another recipe,
+        # override or split would report (or continue) a model trained otherwise, and another
+        # split could put training pairs among the test pairs
+        _check_same_request(run_dir, load_run_config(run_dir), cfg, split_now)
+        if final.exists():
+            return final
+    resume = latest_checkpoint(run_dir) is not None
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "trained_on_split.json", split_now)
     t0 = time.perf_counter()
     try:
         Trainer(cfg, run_dir, resume=resume, quiet=quiet).fit()
     finally:
         _add_wall_time(run_dir, time.perf_counter() - t0)
     return final
+
+
+def _check_same_request(run_dir: Path, saved, wanted, split_now: str) -> None:
+    """One-line :class:`UserError` when the run in ``run_dir`` was made with other settings or
+    on another split than this request."""
+    from refusion.config import to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(to_dict(saved)), flat(to_dict(wanted))
+    # what may change between sittings without changing the model
+    free = ("log.", "threads", "device", "data.workers")
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and
+                  not k.startswith(free))
+    if diff:
+        shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+        raise UserError(f"{run_dir} was trained with other settings ({shown}"
+                        f"{', ...' if len(diff) > 4 else ''}): give another --work, or remove "
+                        "that run to train it again")
+    recorded = run_dir / "trained_on_split.json"
+    if recorded.exists() and recorded.read_text() != split_now:
+        raise UserError(f"{run_dir} was trained on another split than this request's (another "
+                        "--seed or data?): give another --work, or remove that run")
 
 
 def _add_wall_time(run_dir: Path, seconds: float) -> None:
