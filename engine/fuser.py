@@ -32,17 +32,34 @@ from refusion.imaging import Normalize, PreparedPair, compose, prepare_pair
 _UNCARDED = (".onnx", ".plan", ".engine", ".trt")
 
 
+def recorded_task(weights: str | os.PathLike) -> str | None:
+    """The task ``weights`` were trained for, where the file says: a refusion checkpoint's
+    model card, an ONNX export's metadata (``task``), the authors' file name (their IVIF file
+    is ``ReFusion_IVIF.pth``, as the export records it); None for TensorRT plans and
+    otherwise."""
+    s = str(weights).lower()
+    if s.endswith(".onnx"):
+        from refusion.export.metadata import read_onnx_metadata
+
+        return read_onnx_metadata(weights).get("task") or None
+    if s.endswith(_UNCARDED):
+        return None
+    from refusion.export.onnx_export import inferred_task
+
+    from refusion.checkpoint import read_checkpoint
+
+    return inferred_task(read_checkpoint(weights))
+
+
 def check_task(weights: str | os.PathLike, task: str | None, label: str | None = None) -> None:
-    """Raise :class:`UserError` if checkpoint ``weights`` was trained for a task other than
-    ``task`` (nothing to check without a task, or for ONNX and TensorRT files).
+    """Raise :class:`UserError` if ``weights`` were trained for a task other than ``task``
+    (:func:`recorded_task`; nothing to check without a task, or when the file records none).
 
     ``label`` names the weights in the message (default ``--weights <path>``).
     """
-    if not task or str(weights).lower().endswith(_UNCARDED):
+    if not task:
         return
-    from refusion.checkpoint import read_checkpoint
-
-    trained = read_checkpoint(weights).task
+    trained = recorded_task(weights)
     if trained and trained != task:
         raise UserError(f"{label or f'--weights {weights}'} was trained for '{trained}', "
                         f"not '{task}'")

@@ -261,15 +261,19 @@ def _resolve(model_or_ckpt_path) -> tuple[FusionNet, dict]:
 
     model, ckpt = load_fusion_model(model_or_ckpt_path)
     return model, {
-        "task": ckpt.task or ("ivif" if ckpt.source == "authors" and _is_ivif(ckpt.path) else None),
+        "task": inferred_task(ckpt),
         "source_format": ckpt.source,
         "source_checkpoint": ckpt.path,
     }
 
 
-def _is_ivif(path: str) -> bool:
-    # The authors publish one file per task and name it after the task (ReFusion_IVIF.pth).
-    return "ivif" in Path(path).name.lower()
+def inferred_task(ckpt) -> str | None:
+    """The task of a loaded checkpoint: what its model card records; for the authors' file,
+    which records none, ``ivif`` when its name says so (they publish one file per task, named
+    after it: ``ReFusion_IVIF.pth``)."""
+    if ckpt.task:
+        return ckpt.task
+    return "ivif" if ckpt.source == "authors" and "ivif" in Path(ckpt.path).name.lower() else None
 
 
 def export_onnx(
@@ -280,6 +284,7 @@ def export_onnx(
     opset: int = MIN_OPSET,
     check: bool = True,
     metadata: dict | None = None,
+    task: str | None = None,
     check_shapes=None,
     fp16_check_shape: tuple[int, int, int, int] | None = None,
 ) -> Path:
@@ -296,6 +301,8 @@ def export_onnx(
             ``1e-4``; for FP16 also PSNR >= 50 dB against FP32, no inf/NaN). A failed check
             raises :class:`ExportCheckError` and nothing is written.
         metadata: extra metadata properties (may not override the standard keys).
+        task: the task to record when the checkpoint records none (a module, an authors'
+            file named otherwise); one it records must agree (:class:`UserError`).
         check_shapes: ``(N, 2, H, W)`` shapes of the FP32 check (default: two odd sizes).
         fp16_check_shape: shape of the FP16 check (default ``(1, 2, 256, 320)``).
 
@@ -309,6 +316,11 @@ def export_onnx(
     from refusion.export import fp16 as fp16_mod
 
     model, prov = _resolve(model_or_ckpt_path)  # traced and checked on an eval-mode copy
+    if task:
+        if prov.get("task") and prov["task"] != task:
+            raise UserError(f"{model_or_ckpt_path} was trained for '{prov['task']}', not "
+                            f"'{task}'")
+        prov["task"] = task
     log.info("tracing the fusion module (%s, opset %d)", type(model).__name__, opset)
     # FP32: the inference form with the LayerNorms over NCHW channels (fastest on CPU runtimes);
     # FP16: LayerNormalization ops, each one FP32 island of the conversion.

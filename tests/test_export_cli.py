@@ -122,3 +122,42 @@ def test_the_onnxruntime_backend_names_what_to_install(tmp_path, monkeypatch):
     with (pytest.raises(UserError, match="pip install 'onnxruntime>=1.18'"),
           create_backend("onnxruntime", tmp_path / "m.onnx")):
         pass
+
+
+def test_the_task_is_checked_against_an_export_and_recorded_in_one(ckpt, tmp_path, capsys):
+    from refusion.engine.fuser import check_task
+
+    from refusion.cli.fuse import main as fuse_main
+    from refusion.errors import UserError
+    from refusion.models import FusionConfig, FusionNet
+
+    out = tmp_path / "m.onnx"
+    assert main([str(ckpt), "-o", str(out), "--no-check", "-q"]) == 0  # ckpt: task mfif
+    with pytest.raises(UserError, match="was trained for 'mfif', not 'ivif'"):
+        check_task(out, "ivif")  # the export's metadata is read, as a checkpoint's card
+    check_task(out, "mfif")
+    import cv2
+    import numpy as np
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((16, 16), 90, np.uint8))
+    with pytest.raises(SystemExit):
+        fuse_main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o",
+                   str(tmp_path / "f.png"), "--weights", str(out), "--task", "ivif"])
+    assert "was trained for 'mfif', not 'ivif'" in capsys.readouterr().err
+    # a module records no task: the user's --task is what the export records
+    bare = save_checkpoint(tmp_path / "bare.safetensors",
+                           {"fusion": FusionNet(FusionConfig(dim=8, blocks=1, heads=2))})
+    out2 = tmp_path / "bare.onnx"
+    assert main([str(bare), "-o", str(out2), "--no-check", "-q", "--task", "meif"]) == 0
+    assert read_onnx_metadata(out2)["task"] == "meif"
+
+
+def test_the_authors_file_records_its_task_in_its_name():
+    from refusion.export.onnx_export import inferred_task
+
+    from refusion.checkpoint import Checkpoint
+
+    assert inferred_task(Checkpoint({}, source="authors", path="w/ReFusion_IVIF.pth")) == "ivif"
+    assert inferred_task(Checkpoint({}, source="authors", path="w/mine.pth")) is None
+    assert inferred_task(Checkpoint({}, task="mif", path="w/ivif.safetensors")) == "mif"

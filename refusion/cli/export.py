@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same as the positional CKPT (as in refusion-fuse)")
     p.add_argument("--task", choices=TASKS,
                    help="task whose shipped learnt weights are exported without CKPT (default "
-                   "ivif); checked against the task a refusion checkpoint records (the "
-                   "authors' .pth records none)")
+                   "ivif); checked against the task the weights record (a refusion "
+                   "checkpoint's card; the authors' file by its name, ReFusion_IVIF.pth), "
+                   "and recorded in the export when they record none")
     p.add_argument("-o", "--output", required=True, help="destination .onnx file")
     p.add_argument("--fp16", action="store_true", help="write the FP16 graph (FP32 islands)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
@@ -167,6 +168,7 @@ def _export(args, checkpoint, name, check_hw, profile) -> None:
         opset=args.opset,
         check=not args.no_check,
         metadata={"weights_name": name} if name else None,
+        task=args.task,
         fp16_check_shape=(1, 2, *check_hw),
     )
     if not args.quiet:

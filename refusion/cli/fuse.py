@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ".plan (default: the shipped learnt weights of --task)")
     p.add_argument("--task", choices=TASKS,
                    help="fusion task: picks the default weights (ivif when absent) and is "
-                   "checked against the task a refusion checkpoint records (the authors' "
-                   ".pth, .onnx and .plan files record none)")
+                   "checked against the task the weights record (a refusion checkpoint's "
+                   "card, an .onnx export's metadata, the authors' ReFusion_IVIF.pth by its "
+                   "name; a .plan records none)")
     add_backend_options(p, BACKENDS)
     p.add_argument(
         "--normalize", choices=("fixed", "minmax"), default="fixed",
