@@ -193,6 +193,14 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
                   results=results, quiet=True, seed=1)
 
 
+def test_only_the_cpu_recipe_writes_into_the_shipped_results_by_default():
+    from refusion.cli.repro import default_results
+
+    assert default_results("cpu", "runs/repro") == "docs/results"
+    for recipe in ("tiny", "paper", "my.yaml"):
+        assert default_results(recipe, "runs/repro") == str(Path("runs/repro") / "results")
+
+
 def test_repro_overrides_may_follow_the_options():
     from refusion.cli.main import parse_args
 

@@ -44,8 +44,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--variants", default="learned,fixed",
                    help="comma-separated: learned, fixed, decision (default %(default)s)")
     p.add_argument("--work", default="runs/repro", help="run folders (default %(default)s)")
-    p.add_argument("--results", default="docs/results",
-                   help="where TASK.md and its pictures go (default %(default)s)")
+    p.add_argument("--results",
+                   help="where TASK.md and its pictures go (default docs/results with the cpu "
+                   "recipe, whose results the project ships; RUNS/results with any other, "
+                   "RUNS being --work, so that a tiny or paper run never replaces them)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     p.add_argument("--publish", metavar="DIR",
                    help="also write each variant as named weights with a model card into DIR "
@@ -53,6 +55,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="training configuration overrides on top of the recipe")
     return p
+
+
+def default_results(recipe: str, work: str) -> str:
+    """``docs/results`` for the cpu recipe (the pages the project ships come from it), else
+    ``WORK/results``: a tiny or paper run never replaces the shipped pages."""
+    return "docs/results" if recipe == "cpu" else str(Path(work) / "results")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     if bad or not variants:
         raise UserError(f"--variants: unknown {', '.join(bad) or '(none given)'} "
                         f"(choose from {', '.join(VARIANTS)})")
+    results = args.results or default_results(args.recipe, args.work)
     res = run_repro(args.task, args.data, recipe=args.recipe, variants=variants,
-                    work=args.work, results=args.results, reference=args.reference,
+                    work=args.work, results=results, reference=args.reference,
                     overrides=tuple(args.overrides), seed=args.seed,
                     publish=args.publish)
     print(f"refusion repro: wrote {res.page}", file=sys.stderr)
