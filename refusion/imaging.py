@@ -115,20 +115,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise UserError(f"cannot decode image: {p}")
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]
-    elif img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise UserError(f"unsupported pixel type {img.dtype} in {p}")
     if img.dtype.kind == "f":
-        if not np.all(np.isfinite(img)):
-            raise UserError(f"{p} contains NaN or Inf")
         # scaled here, where file data enters (arrays already mapped to 0..255 by the video
-        # path's 16-bit range tracking may lie within 0..1 too, and must stay as they are);
-        # the network takes [0, 1], so what lies beyond 0..255 is clipped
-        img = np.clip(unit_float_to_255(img), 0.0, 255.0)
-    return img
+        # path's 16-bit range tracking may lie within 0..1 too, and must stay as they are)
+        img = unit_float_to_255(img)
+    # the checks arrays get too: channels, NaN/Inf, clipping to 0..255 (the network takes
+    # [0, 1])
+    return check_source(img, str(p), warn_unit=False)
 
 
 #: how far a float file's values may lie outside 0..1 and still be on the 0..1 scale (a
@@ -279,14 +274,15 @@ class PreparedPair:
 _SOURCE_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 
 
-def check_source(img: np.ndarray, name: str = "image") -> np.ndarray:
+def check_source(img: np.ndarray, name: str = "image", warn_unit: bool = True) -> np.ndarray:
     """A source image as :func:`prepare_pair` takes it, or one :class:`UserError` naming it.
 
     Arrays get the checks that :func:`read_image` gives files: ``(H, W)``, ``(H, W, 1)``
     (squeezed) or ``(H, W, 3)`` BGR (``(H, W, 4)``: alpha dropped), not empty, uint8, uint16
     or float (as float32, on the 0..255 scale, finite, clipped to 0..255); a non-native byte
-    order is converted. A float array that lies within 0..1 gets a warning: the 0..1 rule of
-    files (:func:`unit_float_to_255`) is not applied to arrays, whose scale is the caller's.
+    order is converted. A float array that lies within 0..1 gets a warning (``warn_unit``:
+    :func:`read_image` has scaled its files already): the 0..1 rule of files
+    (:func:`unit_float_to_255`) is not applied to arrays, whose scale is the caller's.
     """
     if not isinstance(img, np.ndarray):
         raise UserError(f"{name}: expected a numpy image, got {type(img).__name__}")
@@ -306,7 +302,7 @@ def check_source(img: np.ndarray, name: str = "image") -> np.ndarray:
         img = img.astype(np.float32, copy=False)
         if not np.all(np.isfinite(img)):
             raise UserError(f"{name} contains NaN or Inf")
-        if img.max() <= 1.0 + UNIT_FLOAT_SLACK and img.max() > 0:
+        if warn_unit and 0 < img.max() <= 1.0 + UNIT_FLOAT_SLACK:
             import warnings
 
             warnings.warn(f"{name}: float values within 0..1; sources are taken on the 0..255 "
