@@ -113,7 +113,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
              if o.split("=", 1)[0].strip().startswith(FIXED_ON_RESUME)]
     if fixed:
         raise UserError(f"{', '.join(fixed)} cannot change when a run is resumed: its "
-                        f"checkpoints and epochs were made with the values in {run_dir}/"
+                        f"checkpoints hold networks made with the values in {run_dir}/"
                         "config.yaml (start a new run to change them)")
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
