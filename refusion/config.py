@@ -98,16 +98,22 @@ def to_dict(obj: Any) -> dict:
     return conv(obj)
 
 
+def override_key(item: str) -> tuple[str, str]:
+    """``(key, raw value)`` of one ``key.sub=value`` override; one line when malformed."""
+    if "=" not in item:
+        raise UserError(f"override '{item}' is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    if not all(key.strip().split(".")):
+        raise UserError(f"override '{item}' has an empty key part")
+    return key.strip(), raw
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML scalars)."""
     out = dict(data)
     for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override '{item}' is not of the form key.sub=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise UserError(f"override '{item}' has an empty key part")
+        key, raw = override_key(item)
+        parts = key.split(".")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:

@@ -33,6 +33,12 @@ def add_backend_options(p, backends: tuple[str, ...]) -> None:
                         "frame size and batch on a 2-core CPU, then the fastest CPU runs")
 
 
+def max_threads() -> int:
+    """The most CPU threads a command accepts: 4x the CPUs (more only adds switching, and a
+    typo such as 100000 started tens of thousands of threads)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def backend_choice(args) -> tuple[str, dict]:
     """The backend name and options from ``--backend``, ``--fp16``, ``--bf16`` and ``--compile``.
 
@@ -54,9 +60,7 @@ def backend_choice(args) -> tuple[str, dict]:
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads must be at least 1, got {threads}")
-        # more threads than cores only adds switching; far more exhausts the process (a typo
-        # such as 100000 started tens of thousands of threads)
-        limit = 4 * (os.cpu_count() or 1)
+        limit = max_threads()
         if threads > limit:
             raise UserError(f"--threads {threads} is more than 4x the {os.cpu_count()} CPUs "
                             f"here (at most {limit})")

@@ -12,7 +12,7 @@ from typing import Literal
 
 import yaml
 
-from refusion.cli._common import TASKS
+from refusion.cli._common import TASKS, max_threads
 from refusion.config import _merge, apply_overrides, from_dict, read_yaml_mapping, to_dict
 from refusion.errors import UserError
 from refusion.losses import LossConfig
@@ -202,8 +202,7 @@ def build_config(
         mapping = read_yaml_mapping(config_file)
         given += [mapping["task"]] if "task" in mapping else []
         data = _merge(data, mapping)
-    given += [o.split("=", 1)[1].strip() for o in overrides
-              if "=" in o and o.split("=", 1)[0].strip() == "task"]
+    given += [v for k, v in apply_overrides({}, overrides).items() if k == "task"]
     for value in given:
         if str(value) != task:
             raise UserError(f"config key 'task' is {value!r} but --task is {task!r} (the task "
@@ -258,9 +257,9 @@ def validate(cfg: TrainConfig) -> None:
             raise bad(key, ">= 0", value)
     import os
 
-    limit = 4 * (os.cpu_count() or 1)  # as the other commands' --threads: a typo such as
-    if cfg.threads > limit:  # 100000 would start tens of thousands of threads
-        raise bad("threads", f"at most 4x the {os.cpu_count()} CPUs here ({limit})", cfg.threads)
+    if cfg.threads > max_threads():  # as the other commands' --threads
+        raise bad("threads", f"at most 4x the {os.cpu_count()} CPUs here ({max_threads()})",
+                  cfg.threads)
     for key, value in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
         if not 0 <= value < 2**63:
             raise bad(key, "an integer from 0 to 2**63 - 1", value)

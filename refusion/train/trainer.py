@@ -107,10 +107,9 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
 
     Overrides of the keys in :data:`FIXED_ON_RESUME` are refused (one line naming them).
     """
-    from refusion.config import apply_overrides, read_yaml_mapping
+    from refusion.config import apply_overrides, override_key, read_yaml_mapping
 
-    fixed = [o.split("=", 1)[0].strip() for o in overrides
-             if o.split("=", 1)[0].strip().startswith(FIXED_ON_RESUME)]
+    fixed = [key for key, _ in map(override_key, overrides) if key.startswith(FIXED_ON_RESUME)]
     if fixed:
         raise UserError(f"{', '.join(fixed)} cannot change when a run is resumed: its "
                         f"checkpoints hold networks made with the values in {run_dir}/"
