@@ -161,6 +161,7 @@ class TorchBackend(Backend):
         self._model: nn.Module | None = None
         self._run: Any = None
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._host_threads: int | None = None  # the process's torch threads while active
 
     def _activate(self) -> None:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -210,7 +211,7 @@ class TorchBackend(Backend):
     def _deactivate(self) -> None:
         self._graphs.clear()
         self._model = self._run = None
-        if getattr(self, "_host_threads", None):
+        if self._host_threads is not None:
             torch.set_num_threads(self._host_threads)
             self._host_threads = None
         if self.device.startswith("cuda"):
