@@ -263,12 +263,11 @@ def test_ties_are_all_bold_and_outputs_say_what_was_scored(folders, tmp_path, ca
     assert len(rows) == 2 and all(r.count("**") == 4 for r in rows)  # both bold, both columns
     assert (f"Sources: A = {folders['ir']}, B = {folders['vi']}; 3 image pairs scored."
             in md)
-    assert _run(folders, "--metrics", "EN,en,SD", "--convention", "SF.vifb",
-                "--format", "csv") == 0
+    assert _run(folders, "--metrics", "EN,en,SD", "--format", "csv") == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert rows[0]["a"] == str(folders["ir"]) and rows[0]["b"] == str(folders["vi"])
     assert rows[0]["fused"] == str(folders["good"])
-    assert rows[0]["conventions"] == "EN=cddfuse;SD=cddfuse"  # SF is not scored: not listed
+    assert rows[0]["conventions"] == "EN=cddfuse;SD=cddfuse"
     assert [k for k in rows[0] if k.endswith("_mean")] == ["EN_mean", "SD_mean"]
 
 
@@ -286,9 +285,14 @@ def test_notes_name_the_method(folders, tmp_path):
     (["--metrics", ","], "--metrics names no metric"),
     (["--metrics", "EN", "--fused", "{good}"], "is given twice"),
     (["--metrics", "EN", "--fused", "{nope}"], "no such file or folder: {nope}"),
+    # a convention that changes nothing must not be accepted (the table would claim it)
+    (["--metrics", "EN", "--convention", "SF.vifb"], "is for SF, which is not scored"),
+    (["--metrics", "EN,SD", "--convention", "liu"], "applies to none of the scored metrics"),
+    (["--metrics", "EN", "--format", "json", "--output", "{tmp}/t.csv"],
+     "--format json contradicts --output"),
 ])
 def test_more_one_line_errors(folders, tmp_path, capsys, args, needle):
-    subst = {"good": str(folders["good"]), "nope": str(tmp_path / "nope.png")}
+    subst = {"good": str(folders["good"]), "nope": str(tmp_path / "nope.png"), "tmp": tmp_path}
     args = [a.format(**subst) for a in args]
     with pytest.raises(SystemExit) as exc:
         _run(folders, *args)
@@ -317,3 +321,11 @@ def test_outputs_never_overwrite_an_image_or_each_other(folders, tmp_path, capsy
         _run(folders, "--metrics", "EN", "--output", str(same), "--per-image", str(same))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--per-image" in err[0] and "--output" in err[0], err
+
+
+@pytest.mark.parametrize(("name", "first"), [("t.csv", "method,"), ("t.json", "{"),
+                                             ("t.md", "| Method"), ("t.txt", "| Method")])
+def test_the_output_format_follows_the_extension(folders, tmp_path, name, first):
+    out = tmp_path / name
+    assert _run(folders, "--metrics", "EN", "--output", str(out)) == 0
+    assert out.read_text().lstrip().startswith(first), out.read_text()[:80]

@@ -147,6 +147,28 @@ def test_suite_returns_every_metric_finite(triplet):
     assert 0 < vals["Qabf"] < 1 and 0 < vals["Q_CB"] < 1 and 0 < vals["FMI"] < 1
 
 
+def test_suite_metric_names_are_names_not_letters(triplet):
+    # "EN" used to be iterated letter by letter, and [] used to mean every metric
+    assert list(M.compute_suite(*triplet, metrics="EN")) == ["EN"]
+    assert list(M.compute_suite(*triplet, metrics="en, SD,EN")) == ["EN", "SD"]
+    for nothing in ([], "", " , "):
+        with pytest.raises(ValueError, match="no metric named"):
+            M.compute_suite(*triplet, metrics=nothing)
+    with pytest.raises(KeyError, match="unknown metric"):
+        M.compute_suite(*triplet, metrics=["EN", "ENN"])
+
+
+def test_suite_refuses_a_convention_that_changes_nothing(triplet):
+    base = M.compute_suite(*triplet, metrics=["SF"])
+    assert M.compute_suite(*triplet, metrics=["SF"], convention="SF.vifb") != base
+    with pytest.raises(KeyError, match="is for SF, which is not scored"):
+        M.compute_suite(*triplet, metrics=["EN"], convention="SF.vifb")
+    with pytest.raises(KeyError, match="applies to none of the scored metrics"):
+        M.compute_suite(*triplet, metrics=["EN", "SD"], convention="liu")
+    with pytest.raises(KeyError, match="unknown convention"):
+        M.compute_suite(*triplet, metrics=["EN"], convention="bogus")
+
+
 # ------------------------------------------------------------------ direct transcriptions
 
 def _fspecial(n, s):

@@ -38,15 +38,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default=None,
                    help="toolbox tag (cddfuse, tang, vifb, mefb, liu) and/or METRIC.name items, "
                         "comma separated, e.g. 'SF.vifb,SSIM.tang_matlab_ssim_emul'")
-    p.add_argument("--format", choices=("md", "csv", "json"), default="md",
-                   help="format of the summary table on stdout (default: md)")
-    p.add_argument("--output", default=None, help="write the table to this file instead")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="format of the summary table (default: from the --output file's "
+                        "extension, .md/.csv/.json; otherwise md)")
+    p.add_argument("--output", default=None,
+                   help="write the table to this file instead of stdout")
     p.add_argument("--per-image", default=None, metavar="FILE",
                    help="write every per-image value to this JSON file")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: min(4, CPUs); 1 = no pool)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+FORMATS = ("md", "csv", "json")
+_EXTENSIONS = {".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json"}
+
+
+def table_format(fmt: str | None, output: str | None) -> str:
+    """The table format: ``--format`` if given, else the ``--output`` file's extension.
+
+    A file named ``table.csv`` written as Markdown would be read wrongly by every tool that
+    trusts the extension, so an explicit ``--format`` that contradicts it is refused.
+    """
+    by_ext = _EXTENSIONS.get(Path(output).suffix.lower()) if output else None
+    if fmt is None:
+        return by_ext or "md"
+    if by_ext is not None and by_ext != fmt:
+        raise UserError(f"--format {fmt} contradicts --output {output} (a .{by_ext} name); "
+                        f"rename the file or drop --format")
+    return fmt
 
 
 def _input_files(args) -> list[tuple[str, Path]]:
@@ -69,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         if not metrics:  # "--metrics ," must not mean "all of them"
             raise UserError(f"--metrics names no metric: {args.metrics!r}")
+    fmt = table_format(args.format, args.output)
     if args.workers is not None and args.workers < 0:
         raise UserError("--workers must be >= 0")
     for path in (args.output, args.per_image):
@@ -86,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if res.notes:
         print(f"refusion-eval: {len(res.notes)} undefined value(s) reported as NaN "
               f"(first: {res.notes[0]})", file=sys.stderr)
-    table = {"md": res.to_markdown, "csv": res.to_csv, "json": res.to_json}[args.format]()
+    table = {"md": res.to_markdown, "csv": res.to_csv, "json": res.to_json}[fmt]()
     if args.output:
         atomic_write_text(args.output, table)
     else:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._common import DegenerateInputWarning, InputRangeWarning, as_triplet, range_checked
 from ._io import read_grey, to_grey255
-from .conventions import METRICS, canonical_metric, parse_convention_spec, resolve
+from .conventions import METRICS, canonical_metric, metric_names, parse_convention_spec, resolve
 from .gradient import ag, nabf, qabf, sf
 from .information import en, fmi, mi, q_ncie
 from .perceptual import q_cb, vif
@@ -79,18 +79,22 @@ def compute(metric: str, a: np.ndarray, b: np.ndarray, f: np.ndarray,
 
 
 def compute_suite(a: np.ndarray, b: np.ndarray, f: np.ndarray,
-                  metrics: Iterable[str] | None = None,
+                  metrics: str | Iterable[str] | None = None,
                   convention: str | None = None) -> dict[str, float]:
     """Several metrics on one triplet.
 
     Args:
         a, b, f: sources and fused image, (H, W) float 0..255.
-        metrics: names (default: all, in registry order).
+        metrics: names, or one comma-separated string (default None: all, in registry order);
+            each metric is computed once whatever its spelling.
         convention: ``--convention`` text: toolbox tags and/or ``METRIC.name`` items.
     Returns:
         {canonical metric name: value}.
+    Raises:
+        KeyError: unknown metric or convention, or a convention for no scored metric.
+        ValueError: ``metrics`` names nothing (``[]``, ``""``), bad shapes or non-finite input.
     """
-    names = [canonical_metric(m) for m in (metrics or DEFAULT_SUITE)]
+    names = metric_names(metrics)
     convs = parse_convention_spec(convention, names)
     a, b, f = as_triplet(a, b, f)
     with range_checked():  # checked once, above

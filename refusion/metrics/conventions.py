@@ -7,6 +7,7 @@ toolbox tag applied to every metric that has it (``vifb``, ``tang``, ``mefb``, `
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -122,16 +123,62 @@ def accepts_aliases(metric: str):
     return wrap
 
 
+def metric_names(metrics: str | Iterable[str] | None) -> list[str]:
+    """Canonical metric names, in the order given, each once (None = every metric).
+
+    ``metrics`` is an iterable of names or one comma-separated string (``"EN,SD"``); spellings
+    are case-insensitive (``EN,en`` is one metric). Raises KeyError for an unknown name and
+    ValueError when nothing is named (an empty list must not silently mean "all of them").
+    """
+    if metrics is None:
+        return list(METRICS)
+    items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    names = [s.strip() if isinstance(s, str) else s for s in items]
+    for s in names:
+        if not isinstance(s, str):
+            raise TypeError(f"a metric name must be a string, not {type(s).__name__}")
+    names = [s for s in names if s]
+    if not names:
+        raise ValueError(f"no metric named in {metrics!r}; known: {', '.join(METRICS)}")
+    return list(dict.fromkeys(canonical_metric(m) for m in names))
+
+
 def parse_convention_spec(spec: str | None, metrics: list[str]) -> dict[str, str]:
     """Turn ``--convention`` text into {metric: implementation convention}.
 
-    ``spec`` is a comma list of toolbox tags (``vifb``: every metric that has it) and/or
+    ``spec`` is a comma list of toolbox tags (``vifb``: every scored metric that has it) and/or
     ``METRIC.name`` items (``SF.vifb``); later items win. Metrics not named keep the default.
-    Raises KeyError for an unknown tag, metric or convention.
+    Raises KeyError for an unknown tag, metric or convention, and for an item that would change
+    nothing: a ``METRIC.name`` whose metric is not in ``metrics``, or a tag none of them has
+    (a silently ignored convention would let a table claim a convention it was not scored by).
     """
     out = {m: resolve(m, None) for m in metrics}
     if not spec:
         return out
+    scored = ", ".join(metrics)
+    for item in (s.strip() for s in spec.split(",")):
+        if not item or item == "default":
+            continue
+        if "." in item:
+            mname, _, conv = item.partition(".")
+            m = canonical_metric(mname)
+            value = resolve(m, conv)
+            if m not in out:
+                raise KeyError(f"convention {item!r} is for {m}, which is not scored "
+                               f"(metrics: {scored})")
+            out[m] = value
+            continue
+        hits = [m for m in metrics if item in METRICS[m].conventions]
+        if not hits:
+            if not any(item in s.conventions for s in METRICS.values()):
+                raise KeyError(f"unknown convention {item!r}; use a toolbox tag "
+                               f"({', '.join(TOOLBOX_TAGS)}) or METRIC.name")
+            has = [s.name for s in METRICS.values() if item in s.conventions]
+            raise KeyError(f"convention {item!r} applies to none of the scored metrics "
+                           f"({scored}); it has {', '.join(has)}")
+        for m in hits:
+            out[m] = resolve(m, item)
+    return out
     for item in (s.strip() for s in spec.split(",")):
         if not item or item == "default":
             continue

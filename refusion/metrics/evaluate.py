@@ -26,7 +26,7 @@ from refusion.imaging import ImageFolder, list_image_folder
 from refusion.utils.atomic import atomic_write_text
 
 from ._io import read_grey
-from .conventions import METRICS, canonical_metric, parse_convention_spec
+from .conventions import METRICS, metric_names, parse_convention_spec
 
 
 def list_images(folder: str | Path) -> dict[str, Path]:
@@ -277,7 +277,7 @@ class EvalResult:
 
 def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
                      fused_dirs: str | Path | Sequence[str | Path],
-                     metrics: Sequence[str] | None = None, convention: str | None = None,
+                     metrics: str | Sequence[str] | None = None, convention: str | None = None,
                      workers: int | None = None, progress: bool = False) -> EvalResult:
     """Score every fused folder against the source folders, pairing files by stem.
 
@@ -285,7 +285,7 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
         a_dir, b_dir: source folders (A = infrared/CT/..., B = visible/MRI/...), or two image
             files, in which case ``fused_dirs`` are image files too (one triplet).
         fused_dirs: one or more folders of fused images (one method each), or files.
-        metrics: metric names (default: all).
+        metrics: metric names or one comma-separated string (default None: all).
         convention: toolbox tags and/or ``METRIC.name`` items, comma separated.
         workers: worker processes (default: min(4, CPU count); 0 or 1 = in this process).
         progress: show a tqdm progress bar.
@@ -299,9 +299,9 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
         fused_dirs = [fused_dirs]
     try:
         # one column per metric, whatever the spelling (EN,en / qabf,Qabf)
-        names = list(dict.fromkeys(canonical_metric(m) for m in (metrics or list(METRICS))))
+        names = metric_names(metrics)
         convs = parse_convention_spec(convention, names)
-    except KeyError as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise UserError(exc.args[0]) from None
     convs = {m: convs[m] for m in names}  # a convention for an unscored metric is not shown
     fdirs = [Path(d) for d in fused_dirs]
