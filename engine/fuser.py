@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from refusion.engine.base import Backend
@@ -27,6 +27,9 @@ from refusion.engine.registry import create_backend
 
 from refusion.errors import UserError
 from refusion.imaging import Normalize, PreparedPair, compose, prepare_pair
+
+if TYPE_CHECKING:  # torch is imported by the backend that needs it
+    import torch
 
 #: weight files whose task the engine cannot read (no model card inside)
 _UNCARDED = (".onnx", ".plan", ".engine", ".trt")
@@ -75,7 +78,7 @@ class Fuser:
         task: ``ivif``, ``mif``, ``mfif`` or ``meif``: picks the default weights and is checked
             against a checkpoint's model card.
         backend: ``auto`` (the fastest available), ``torch``, ``onnxruntime`` or ``tensorrt``.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``, or a ``torch.device``.
         normalize: ``fixed`` (``[0, 1] -> [0, 255]``, the default) or ``minmax`` per image.
         gray: return grey images even for colour sources.
         **options: backend options (torch: ``half``, ``bf16``, ``compile``...), see
@@ -101,7 +104,7 @@ class Fuser:
         *,
         task: str | None = None,
         backend: str = "auto",
-        device: str = "auto",
+        device: str | torch.device = "auto",
         normalize: Normalize = "fixed",
         gray: bool = False,
         **options: Any,

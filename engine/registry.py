@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refusion.engine.base import Backend
 
 from refusion.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by the backend that needs it
+    import torch
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 _EXPORTED = (".onnx",)
@@ -94,7 +97,7 @@ def create_backend(
     name: str,
     weights: str | os.PathLike | Any,
     *,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     onnx_cache: str | os.PathLike | None = None,
     **options: Any,
 ) -> Backend:
@@ -105,7 +108,7 @@ def create_backend(
         weights: a checkpoint (``.safetensors``/``.pth``), an ``.onnx`` export, a TensorRT
             ``.plan``, or an ``nn.Module``. ONNX Runtime exports a checkpoint on the fly into
             ``onnx_cache`` (default :func:`refusion.engine.onnx_cache.cache_dir`).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``, or a ``torch.device``.
         **options: passed to the backend class (e.g. ``compile=True`` for torch,
             ``threads=2`` for onnxruntime); options of another backend than the one built are
             dropped (so ``auto`` takes the options of every backend it may pick), except
@@ -118,6 +121,7 @@ def create_backend(
     if name not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     _check_exists(weights)
+    device = str(device)  # a torch.device ("cuda:1") is accepted as its text
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
     elif device.startswith("cuda") and not _cuda_available():

@@ -9,8 +9,9 @@ from refusion.errors import UserError
 from refusion.models.fusion import FusionNet
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is a user error."""
+    name = str(name)  # a torch.device is accepted as its text
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

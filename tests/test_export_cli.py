@@ -78,6 +78,11 @@ def test_one_line_errors(ckpt, tmp_path, capsys):
     err = _error([str(ckpt), "-o", str(bad / "m.onnx")], capsys)
     assert f"cannot write {bad / 'm.onnx'}: {bad} is a file, not a folder" in err
     assert not (tmp_path / "m.onnx").exists()
+    # the weights are named as given: positional CKPT or --weights
+    run = tmp_path / "run"
+    run.mkdir()
+    assert f"error: checkpoint {run} is a folder" in _error([str(run), *o], capsys)
+    assert f"error: --weights {run} is a folder" in _error(["--weights", str(run), *o], capsys)
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")

@@ -38,6 +38,9 @@ def test_one_pair_is_the_network_through_the_shared_colour_path(ckpt, photo_pair
     with Fuser(ckpt, backend="torch", device="cpu") as fuse:
         got = fuse(ir, vis_colour)
         grey = Fuser(ckpt, backend="torch", device="cpu", gray=True)(ir, vis_colour)
+        # a torch.device is taken as its text (it used to be an AttributeError)
+        same = Fuser(ckpt, backend="torch", device=torch.device("cpu"))(ir, vis_colour)
+    assert np.array_equal(same, got)
     assert got.dtype == np.uint8 and got.shape == vis_colour.shape
     assert np.abs(got.astype(int) - _by_hand(ckpt, ir, vis_colour).astype(int)).max() <= 1
     assert grey.shape == ir.shape

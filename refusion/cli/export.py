@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and args.weights:
         raise UserError("give the checkpoint either as CKPT or as --weights, not both")
     spec = args.checkpoint or args.weights
-    checkpoint = resolve_weights(spec, args.task)
+    # messages name the weights as the user gave them: the positional CKPT or --weights
+    checkpoint = resolve_weights(spec, args.task,
+                                 option="checkpoint" if args.checkpoint else "--weights")
     name = shipped_name(checkpoint)
     check_task(checkpoint, args.task, name or str(checkpoint))
     ensure_writable(args.output)
