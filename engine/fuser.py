@@ -118,6 +118,8 @@ class Fuser:
             self.label = type(weights).__name__
         else:
             resolved = resolve_weights(None if weights is None else str(weights), task)
+            if not os.path.isfile(resolved):  # here, not at the first fusion, lazy as it is
+                raise UserError(f"--weights not found: {resolved}")
             self.label = weights_label(None if weights is None else str(weights), resolved)
             check_task(resolved, task, f"--weights {self.label}")
             self.weights = resolved

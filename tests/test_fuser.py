@@ -94,6 +94,8 @@ def test_errors_name_the_problem(ckpt, photo_pair):
         fuse.many([(ir, vis)], batch_size=0)
     with pytest.raises(UserError, match="no such file and no shipped weights"):
         Fuser("no-such-weights")
+    with pytest.raises(UserError, match="--weights not found: .*nope.safetensors"):
+        Fuser(ckpt.parent / "nope.safetensors")  # at construction, not at the first pair
 
 
 def test_a_fuser_is_lazy_and_closes_twice(ckpt, photo_pair):
