@@ -27,11 +27,27 @@ def native_module() -> ModuleType | None:
     if importlib.util.find_spec("refusion._C") is None:
         return None  # not built: the references are the intended path
     try:
-        return importlib.import_module("refusion._C")
+        mod = importlib.import_module("refusion._C")
     except ImportError as exc:
         warnings.warn(f"refusion._C is built but does not load ({exc}); the PyTorch "
                       "references run instead", RuntimeWarning, stacklevel=2)
         return None
+    _check_isa_request(mod)
+    return mod
+
+
+def _check_isa_request(mod: ModuleType) -> None:
+    """Warn when ``REFUSION_CPU_ISA`` names kernels this CPU cannot run or that do not exist:
+    the module then uses the widest ones, which a benchmark meant to pin an ISA must know."""
+    want = os.environ.get("REFUSION_CPU_ISA", "")
+    isas = getattr(mod, "cpu_isas", None)
+    if not want or isas is None:
+        return
+    have = list(isas())
+    if want not in have:
+        warnings.warn(f"REFUSION_CPU_ISA={want!r} is not one of the CPU kernels this machine "
+                      f"runs ({', '.join(have)}); using {mod.cpu_isa()}", RuntimeWarning,
+                      stacklevel=3)
 
 
 @functools.cache

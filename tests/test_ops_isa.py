@@ -95,3 +95,18 @@ def test_environment_variable_picks_the_isa():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, cwd=cwd)
     assert out.stdout.strip() == "baseline"
+
+
+def test_an_unknown_isa_in_the_environment_is_warned_about():
+    # it used to select the widest kernels without a word (set_cpu_isa raises for it)
+    _module()
+    import refusion
+
+    code = ("import warnings; warnings.simplefilter('always'); from refusion import _native; "
+            "print(_native.native_module().cpu_isa())")
+    env = {**os.environ, "REFUSION_CPU_ISA": "avx2"}
+    cwd = Path(refusion.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=cwd)
+    assert "REFUSION_CPU_ISA='avx2' is not one of the CPU kernels" in out.stderr, out.stderr
+    assert out.stdout.strip() in ("avx2+fma", "avx512", "baseline")

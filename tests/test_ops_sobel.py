@@ -195,3 +195,20 @@ class TestSobel:
     def test_empty(self, device):
         sx, sy = sobel_xy(torch.rand(0, 3, 4, 4, device=device))
         assert sx.shape == sy.shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 5), (2, 3, 5, 0), (0, 3, 4, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_empty_images_give_empty_responses_on_every_path(shape, dtype, monkeypatch):
+    # the kernels returned empties where the reference (replicate padding) raised, so the
+    # same call failed under REFUSION_DISABLE_NATIVE=1, during export or in float16
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(K, "use_native", lambda t: False)
+        sx, sy = sobel_xy(x)
+        assert sx.shape == sy.shape == x.shape and sx.dtype == dtype
+        (gx,) = torch.autograd.grad(sx.sum() + sy.sum(), x)
+        assert gx.shape == x.shape
+    assert sobel_xy_reference(x.detach())[0].shape == x.shape
+    assert sobel_xy_transpose_reference(x.detach(), x.detach()).shape == x.shape

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -51,7 +52,12 @@ inline T adjoint_weight(const T k[3], i64 i, i64 r, i64 n) {
 
 template <typename T>
 T* scratch(i64 n) {
-  return static_cast<T*>(std::malloc(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T)));
+  void* p = std::malloc(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T));
+  if (p == nullptr) {  // a worker thread cannot raise; say why instead of a segfault
+    std::fputs("refusion: out of memory for a kernel scratch row\n", stderr);
+    std::abort();
+  }
+  return static_cast<T*>(p);
 }
 
 // ---------------------------------------------------------------------------------------------

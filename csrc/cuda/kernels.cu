@@ -101,7 +101,9 @@ __global__ void sobel_bwd_kernel(const T* __restrict__ gx, const T* __restrict__
 // Normal CDF / PDF: normcdf avoids the cancellation of 1 + erf(x / sqrt 2) for x << 0.
 __device__ __forceinline__ float cdf(float x) { return normcdff(x); }
 __device__ __forceinline__ double cdf(double x) { return normcdf(x); }
-__device__ __forceinline__ float pdf(float x) { return 0.3989422804014327f * __expf(-0.5f * x * x); }
+// expf, not the __expf intrinsic: its error grows with |arg| (about 100 ulp near -87) and it
+// flushes denormals, so a * pdf(a) vanished where normcdff does not and GELU' changed sign.
+__device__ __forceinline__ float pdf(float x) { return 0.3989422804014327f * expf(-0.5f * x * x); }
 __device__ __forceinline__ double pdf(double x) { return 0.3989422804014327 * exp(-0.5 * x * x); }
 
 template <typename T>
@@ -144,21 +146,31 @@ unsigned grid_for(i64 total) {
 }
 
 // Makes `device` current for this thread while a launch runs (torch's device guard lives in
-// another CUDA runtime instance), restoring the previous device afterwards.
+// another CUDA runtime instance), restoring the previous device afterwards. A failed switch is
+// reported (error()), never launched through: the kernel would run on the previous device with
+// a stream of another, and fail there with an unrelated "invalid resource handle".
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&prev_) == cudaSuccess && prev_ != device) {
-      if (cudaSetDevice(device) == cudaSuccess) changed_ = true;
+    cudaError_t err = cudaGetDevice(&prev_);
+    if (err == cudaSuccess && prev_ != device) {
+      err = cudaSetDevice(device);
+      changed_ = err == cudaSuccess;
+    }
+    if (err != cudaSuccess) {
+      error_ = cudaGetErrorString(err);
+      cudaGetLastError();  // not sticky: leave no error for the next launch to misreport
     }
   }
   ~DeviceGuard() {
     if (changed_) cudaSetDevice(prev_);
   }
+  const char* error() const { return error_; }
 
  private:
   int prev_ = -1;
   bool changed_ = false;
+  const char* error_ = nullptr;
 };
 
 const char* last_error() {
@@ -225,6 +237,7 @@ const char* sobel_fwd(const void* x, void* sx, void* sy, int dtype, i64 B, i64 C
                       i64 sB, i64 sC, i64 sH, std::uintptr_t stream, int device) {
   if (B * C * H * W == 0) return nullptr;
   DeviceGuard guard(device);
+  if (guard.error()) return guard.error();
   return dispatch<SobelFwd>(dtype, x, sx, sy, B, C, H, W, sB, sC, sH, as_stream(stream));
 }
 
@@ -233,6 +246,7 @@ const char* sobel_bwd(const void* gx, const void* gy, void* gin, int dtype, i64 
                       std::uintptr_t stream, int device) {
   if (B * C * H * W == 0) return nullptr;
   DeviceGuard guard(device);
+  if (guard.error()) return guard.error();
   return dispatch<SobelBwd>(dtype, gx, gy, gin, B, C, H, W, xB, xC, xH, yB, yC, yH,
                             as_stream(stream));
 }
@@ -241,6 +255,7 @@ const char* gelu_mul_fwd(const void* a, const void* b, void* y, int dtype, i64 B
                          i64 sa, i64 sb, i64 sy, std::uintptr_t stream, int device) {
   if (B * inner == 0) return nullptr;
   DeviceGuard guard(device);
+  if (guard.error()) return guard.error();
   return dispatch<GeluMulFwd>(dtype, a, b, y, B, inner, sa, sb, sy, as_stream(stream));
 }
 
@@ -249,6 +264,7 @@ const char* gelu_mul_bwd(const void* g, const void* a, const void* b, void* ga, 
                          std::uintptr_t stream, int device) {
   if (B * inner == 0) return nullptr;
   DeviceGuard guard(device);
+  if (guard.error()) return guard.error();
   return dispatch<GeluMulBwd>(dtype, g, a, b, ga, gb, B, inner, sg, sa, sb, so,
                               as_stream(stream));
 }
@@ -264,8 +280,7 @@ const char* probe(int device) {
   if (err == cudaSuccess && (device < 0 || device >= count)) return "no such CUDA device";
   int prev = -1;
   if (err == cudaSuccess) err = cudaGetDevice(&prev);
-  // an explicit switch (not DeviceGuard, which would silently stay on the previous device if
-  // the switch failed, and then probe the wrong GPU)
+  // an explicit switch, so that a failed one is told apart from a failed probe
   if (err == cudaSuccess && prev != device) err = cudaSetDevice(device);
   if (err == cudaSuccess) {
     cudaFuncAttributes attr;

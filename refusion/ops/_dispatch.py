@@ -39,7 +39,11 @@ def _transformed() -> bool:
     custom ops' autograd covers reverse mode only (a jvp through them would be zero), so the
     references, which torch differentiates in every mode, serve these calls."""
     if torch.compiler.is_compiling():
-        return False  # dynamo handles transforms itself; do not trace these private hooks
+        # While dynamo traces, the functorch interpreter stack is never empty (transform or
+        # not), so it tells nothing; the forward-AD level is what dynamo raises for jvp,
+        # torch.func.grad and dual levels, and leaves at -1 in a plain compiled function
+        # (measured on torch 2.13). Returning False here used to give a compiled jvp of 0.
+        return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
     functorch = getattr(torch._C, "_functorch", None)
     if functorch is not None and functorch.peek_interpreter_stack() is not None:
         return True

@@ -1,6 +1,6 @@
 """Dispatch between the native kernels (registered as torch custom ops) and the references.
 
-Four custom ops are registered in the ``refusion`` namespace:
+Six custom ops are registered in the ``refusion`` namespace:
 
 * ``refusion::sobel_xy(x) -> (sx, sy)``; its autograd is ``sobel_xy_backward``;
 * ``refusion::sobel_xy_backward(gx, gy) -> gin``, the transposed Sobel; its autograd is
@@ -62,6 +62,9 @@ def _check_operands(*pairs: tuple[str, Tensor, tuple[int, ...]]) -> None:
     """
     first = pairs[0][1]
     for name, t, shape in pairs:
+        if not t.is_floating_point():  # as the public functions say; torch's own error was
+            # "GeluKernelImpl not implemented for 'Int'"
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
         if t.dim() != 4:
             raise ValueError(f"{name}: expected a (B, C, H, W) tensor, got {tuple(t.shape)}")
         if tuple(t.shape) != tuple(shape):
@@ -333,6 +336,8 @@ gelu_mul_backward_op.register_autograd(
 
 
 def _check_gate(x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
     if x.dim() != 4 or x.shape[1] % 2:
         raise ValueError(f"expected (B, 2C, H, W) with an even channel count, got {tuple(x.shape)}")
 

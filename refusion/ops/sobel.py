@@ -45,6 +45,8 @@ def sobel_xy_reference(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     _check(x)
     b, c, h, w = x.shape
+    if x.numel() == 0:  # replicate padding refuses a zero H or W; the kernels return empties
+        return x * 0, x * 0  # (empty; products keep the autograd graph)
     p = F.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")[:, 0]
     up, mid, dn = p[:, :-2], p[:, 1:-1], p[:, 2:]  # (B*C, H, W+2)
     smooth = up + 2 * mid + dn
@@ -78,6 +80,8 @@ def sobel_xy_transpose_reference(gx: Tensor, gy: Tensor) -> Tensor:
     if gx.shape != gy.shape:
         raise ValueError(f"gradient shapes differ: {tuple(gx.shape)} vs {tuple(gy.shape)}")
     b, c, h, w = gx.shape
+    if gx.numel() == 0:
+        return (gx + gy) * 0
     gx, gy = gx.reshape(b * c, h, w), gy.reshape(b * c, h, w)
     # Transposed horizontal pass: sx = smooth[j+1] - smooth[j-1] sends +gx to column j+1 and
     # -gx to j-1 of the (W+2)-wide grid; sy = diff[j-1] + 2 diff[j] + diff[j+1] sends 1, 2, 1.
