@@ -202,7 +202,8 @@ class VideoPipeline:
         live = reader.live if retime is None else retime
         self.retime = ConstantRate(reader.fps) if live else None
         self.batch_size = max(1, batch_size)
-        self.q_in: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        # the infer stage batches from this queue: smaller than a batch, it would cap the batch
+        self.q_in: queue.Queue = queue.Queue(maxsize=max(1, queue_size, self.batch_size))
         self.q_out: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.stop_reading = threading.Event()
         self.abort = threading.Event()
@@ -286,11 +287,18 @@ class VideoPipeline:
                 if item is _END:
                     break
                 items = [item]
-                while len(items) < self.batch_size:  # batch what is already waiting
-                    try:
-                        nxt = self.q_in.get_nowait()
-                    except queue.Empty:
-                        break
+                # a file's frames wait for a full batch (throughput is what batching is for,
+                # and a backend compiled for the batch would otherwise pad short ones with
+                # copies); a camera's batch takes what is waiting, not to add latency
+                wait = self.backend.compiles_per_shape or not self.reader.live
+                while len(items) < self.batch_size:
+                    if wait:
+                        nxt = self._get(self.q_in)
+                    else:
+                        try:
+                            nxt = self.q_in.get_nowait()
+                        except queue.Empty:
+                            break
                     if nxt is _END or nxt[2].a.shape != item[2].a.shape:
                         pending = nxt
                         break

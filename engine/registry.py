@@ -212,16 +212,25 @@ def auto_candidates(weights: Any, device: str) -> list[tuple[str, str, str]]:
 
 
 def _auto(weights: Any, device: str, cache: Any, options: dict) -> Backend:
-    errors = []
+    errors, skipped = [], []
     for name, dev, why in auto_candidates(weights, device):
         if why:
+            skipped.append(f"{name}/{dev}: {why}")
             continue
         opts = {k: v for k, v in options.items() if k in _OPTIONS[name]}
         try:
             return _make(name, weights, dev, cache, opts)
         except UserError as exc:  # e.g. no plan can be built: try the next one
             errors.append(f"{name}/{dev}: {exc}")
-    raise UserError("no backend can run " + str(weights) + ": " + "; ".join(errors))
+    if not errors and _kind(weights) == "plan":
+        from refusion.engine.backends.tensorrt_backend import tensorrt_available
+
+        why = tensorrt_available()[1] if device.startswith("cuda") else f"device {device}"
+        raise UserError(f"no backend can run {weights}: a TensorRT plan runs only with the "
+                        f"tensorrt backend on a CUDA device (here: {why}); give a checkpoint "
+                        "or an .onnx file for the other backends")
+    # the candidates tried say why they failed; with none tried, the skipped ones say why not
+    raise UserError("no backend can run " + str(weights) + ": " + "; ".join(errors or skipped))
 
 
 def available_backends() -> dict[str, str]:

@@ -188,6 +188,25 @@ class FrameSource:
         self._seq = 0  # the grabber's number of the last frame returned
         self.skipped = 0  # camera frames that were replaced by a newer one before being read
 
+    @property
+    def is_folder(self) -> bool:
+        """Whether this source is a folder of frames."""
+        return bool(self._files)
+
+    @property
+    def files(self) -> list[Path]:
+        """The frames of a folder, in reading order (empty for a video or camera)."""
+        return list(self._files)
+
+    def keep(self, files: set[Path]) -> None:
+        """Read only these frames of a folder (before the first read), in the same order."""
+        assert self.is_folder and self.index == 0, "keep() is for an unread folder"
+        self._files = [f for f in self._files if f in files]
+        self.frame_count = len(self._files)
+        first = read_image(self._files[0])
+        self._first = first
+        self.size = (first.shape[1], first.shape[0])
+
     def _grab(self) -> _Grabber:
         if self._grabber is None:  # started on first use, after PairReader set the clock
             assert self._cap is not None
@@ -279,6 +298,7 @@ class PairReader:
         self._ir_cur: tuple[np.ndarray, float, bool] | None = None  # frame, t, used
         self._ir_next: tuple[np.ndarray, float] | None = None
         self._ir_done = False
+        self._ir_error: UserError | None = None  # a bad infrared frame met while reading ahead
         if sbs is not None:
             if sbs.size[0] % 2:
                 raise UserError(f"--sbs {sbs.spec}: width {sbs.size[0]} is odd; a side-by-side "
@@ -288,6 +308,7 @@ class PairReader:
             self.ir_size = self.vis_size
         else:
             self.fps, self.live = vis.fps, vis.live or ir.live  # type: ignore[union-attr]
+            self._pair_folders_by_name()  # may leave out a folder's first frame: sizes after
             self.vis_size, self.ir_size = vis.size, ir.size  # type: ignore[union-attr]
             self._check_lengths()
             if ir.live and vis.live:  # type: ignore[union-attr]
@@ -298,6 +319,33 @@ class PairReader:
                 self.stats.warnings.append(
                     "a camera paired with a file: the camera's frames are timed by their "
                     "arrival, the file's by its frame rate, so the pairs are not synchronised")
+
+    def _pair_folders_by_name(self) -> None:
+        """Two frame folders at one rate whose files share names are paired by name.
+
+        By position, one missing frame would shift every later pair by a frame, with only a
+        length warning to show for it. Frames whose name the other folder lacks are left out,
+        and a warning counts them; folders named differently (``ir_0001`` / ``vis_0001``) keep
+        pairing by position.
+        """
+        ir, vis = self.ir, self.vis
+        assert ir is not None and vis is not None
+        if not (ir.is_folder and vis.is_folder) or abs(ir.fps - vis.fps) > 1e-9:
+            return
+        ir_names = {f.stem: f for f in ir.files}
+        vis_names = {f.stem: f for f in vis.files}
+        common = ir_names.keys() & vis_names.keys()
+        if not common or (len(common) == len(ir_names) == len(vis_names)):
+            return
+        for src, names, other in ((ir, ir_names, "vis"), (vis, vis_names, "ir")):
+            alone = sorted((n for n in names if n not in common), key=lambda n: natural_key(
+                Path(n)))
+            if alone:
+                self.stats.warnings.append(
+                    f"{len(alone)} frame(s) of --{src.name} {src.spec} have no --{other} frame "
+                    f"of the same name and are left out (first: {names[alone[0]].name}); the "
+                    "others are paired by name")
+                src.keep({names[n] for n in common})
 
     def _check_lengths(self) -> None:
         ir, vis = self.ir, self.vis
@@ -359,7 +407,13 @@ class PairReader:
     def _pull(self) -> tuple[np.ndarray, float] | None:
         if self._ir_done:
             return None
-        got = self.ir.read()  # type: ignore[union-attr]
+        try:
+            got = self.ir.read()  # type: ignore[union-attr]
+        except UserError as exc:
+            # a bad frame read ahead: the pairs before it are still made (they would be lost
+            # with the failure otherwise); raised when the stream gets to it
+            self._ir_error, self._ir_done = exc, True
+            return None
         if got is None:
             self._ir_done = True
         return got
@@ -368,6 +422,8 @@ class PairReader:
         if self._ir_cur is None:
             first = self._pull()
             if first is None:
+                if self._ir_error is not None:
+                    raise self._ir_error
                 return None
             self._ir_cur = (first[0], first[1], False)
             self._ir_next = self._pull()
@@ -379,6 +435,8 @@ class PairReader:
             self._ir_next = self._pull()
         cur, nxt = self._ir_cur, self._ir_next
         if nxt is None and t - cur[1] > 1.0 / self.ir.fps - 1e-6:  # type: ignore[union-attr]
+            if self._ir_error is not None:
+                raise self._ir_error
             return None  # past the last infrared frame's duration: do not freeze it
         if nxt is not None and abs(nxt[1] - t) < abs(cur[1] - t):
             if not cur[2]:
@@ -397,12 +455,19 @@ class PairReader:
 
 # --- alignment --------------------------------------------------------------------------------
 
+HOMOGRAPHY_SUFFIXES = (".json", ".npy")
+
+
 def load_homography(path: str | os.PathLike) -> np.ndarray:
     """Read a 3x3 homography (infrared pixels -> visible pixels) from ``.npy`` or ``.json``.
 
-    JSON: either ``{"homography": [[...], [...], [...]]}`` or the bare nested list.
+    JSON: either ``{"homography": [[...], [...], [...]]}`` or the bare nested list. The matrix
+    is defined up to scale, so it is judged (finite, invertible) after scaling its largest
+    entry to 1, and returned with ``H[2, 2] = 1`` where that entry is not 0.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--homography {p} is a folder, not a .json or .npy file")
     if not p.is_file():
         raise UserError(f"--homography: not found: {p}")
     try:
@@ -410,19 +475,67 @@ def load_homography(path: str | os.PathLike) -> np.ndarray:
             h = np.load(p, allow_pickle=False)
         else:
             data = json.loads(p.read_text())
-            h = np.asarray(data["homography"] if isinstance(data, dict) else data, np.float64)
+            h = data["homography"] if isinstance(data, dict) else data
+        h = np.asarray(h)
+        if not (np.issubdtype(h.dtype, np.floating) or np.issubdtype(h.dtype, np.integer)):
+            raise ValueError(f"entries of type {h.dtype}, not real numbers")
+        h = h.astype(np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--homography {p}: cannot read a 3x3 matrix ({exc})") from None
-    h = np.asarray(h, np.float64)
-    if h.shape != (3, 3) or not np.isfinite(h).all() or abs(np.linalg.det(h)) < 1e-12:
-        raise UserError(f"--homography {p}: expected an invertible 3x3 matrix, got {h.shape}")
+    if h.shape != (3, 3):
+        raise UserError(f"--homography {p}: expected a 3x3 matrix, got shape {h.shape}")
+    if not np.isfinite(h).all():
+        raise UserError(f"--homography {p}: the matrix holds NaN or infinite entries")
+    big = float(np.abs(h).max())
+    if big == 0 or abs(np.linalg.det(h / big)) < 1e-12:
+        raise UserError(f"--homography {p}: the matrix is singular (it maps the frame onto a "
+                        "line or a point), not a homography")
+    h = h / big
     return h / h[2, 2] if h[2, 2] else h
 
 
+def homography_coverage(h: np.ndarray, ir_size: tuple[int, int],
+                        vis_size: tuple[int, int], samples: int = 48) -> float:
+    """Share of the visible frame that the infrared frame covers under ``h`` (0..1).
+
+    ``h`` maps infrared pixels to visible pixels; sizes are ``(W, H)``. Measured on a grid of
+    ``samples`` x ``samples`` visible pixels: a pixel counts when ``h^-1`` takes it in front
+    of the camera (w > 0) into the infrared frame. Elsewhere the warped infrared frame is only
+    its border repeated, so a low share means the fused frame carries little infrared.
+    """
+    vw, vh = vis_size
+    iw, ih = ir_size
+    xs = (np.arange(samples) + 0.5) * vw / samples
+    ys = (np.arange(samples) + 0.5) * vh / samples
+    gx, gy = np.meshgrid(xs, ys)
+    pts = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)])
+    q = np.linalg.inv(h) @ pts
+    w = q[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = q[0] / w, q[1] / w
+    inside = (w > 1e-12) & (x >= -0.5) & (x <= iw - 0.5) & (y >= -0.5) & (y <= ih - 0.5)
+    return float(inside.mean())
+
+
 def save_homography(path: str | os.PathLike, h: np.ndarray, **info: object) -> Path:
-    """Write a homography as JSON (atomically), with optional information fields."""
+    """Write a homography atomically: ``.json`` with optional information fields, or ``.npy``
+    (the bare matrix, which :func:`load_homography` reads back)."""
     p = Path(path)
-    atomic_write_text(p, json.dumps({"homography": np.asarray(h).tolist(), **info}, indent=2))
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        import io
+
+        from refusion.utils.atomic import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(h, np.float64), allow_pickle=False)
+        atomic_write_bytes(p, buf.getvalue())
+    elif suffix == ".json":
+        atomic_write_text(p, json.dumps({"homography": np.asarray(h).tolist(), **info},
+                                        indent=2))
+    else:
+        raise UserError(f"{p}: a homography is written as .json or .npy, not "
+                        f"{p.suffix or 'a name without an extension'}")
     return p
 
 
@@ -488,7 +601,9 @@ def estimate_homography(
     raw infrared frames.
 
     Returns:
-        ``(H, info)``: the 3x3 float64 matrix and ``{"method", "inliers", "matches"}``.
+        ``(H, info)``: the 3x3 float64 matrix and ``{"method", "inliers", "matches",
+        "coverage"}`` (coverage: :func:`homography_coverage`; see
+        :func:`homography_warnings` for judging them).
     """
     if not ir_frames or len(ir_frames) != len(vis_frames):
         raise UserError("homography estimation needs the same number (>= 1) of ir and vis frames")
@@ -531,4 +646,25 @@ def estimate_homography(
             h_res = np.eye(3)
             info["method"] = "identity (no usable structure)"
     h = np.asarray(h_res, np.float64) @ scale
-    return h / h[2, 2], info
+    h = h / h[2, 2]
+    info["coverage"] = round(homography_coverage(h, (iw, ih), (vw, vh)), 3)
+    return h, info
+
+
+def homography_warnings(info: dict) -> list[str]:
+    """What makes an estimate from :func:`estimate_homography` doubtful, as sentences.
+
+    A pair of unrelated scenes still gives a RANSAC fit (tens of chance inliers among
+    thousands of matches): a small share of inliers, or an infrared frame that no longer
+    covers most of the visible one, says the frames did not show the same scene.
+    """
+    out = []
+    matches, inliers = int(info.get("matches", 0)), int(info.get("inliers", 0))
+    if str(info.get("method", "")).startswith("orb") and matches and inliers < 0.1 * matches:
+        out.append(f"only {inliers} of {matches} feature matches ({100 * inliers / matches:.1f} %) "
+                   "agree with the homography: do the two streams show the same scene?")
+    cov = info.get("coverage")
+    if cov is not None and cov < 0.5:
+        out.append(f"under this homography the infrared frame covers {100 * cov:.0f} % of the "
+                   "visible frame (its border is repeated over the rest)")
+    return out

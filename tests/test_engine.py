@@ -242,3 +242,13 @@ def test_an_on_the_fly_plan_is_keyed_by_the_model_tensorrt_and_gpu(tmp_path, mon
     assert key.suffix == ".plan" and key.name.startswith("model-")
     assert len({key, plan_cache_path(b, "10.9.0", "9.0"), plan_cache_path(a, "10.10.0", "9.0"),
                 plan_cache_path(a, "10.9.0", "8.9")}) == 4
+
+
+def test_auto_says_why_a_plan_cannot_run_here(tmp_path):
+    # the message used to end in "no backend can run g.plan: " with nothing after it
+    plan = tmp_path / "g.plan"
+    plan.write_bytes(b"not really a plan")
+    with pytest.raises(UserError) as exc:
+        create_backend("auto", plan, device="cpu")
+    assert "a TensorRT plan runs only with the tensorrt backend on a CUDA device" in str(exc.value)
+    assert "(here: device cpu)" in str(exc.value)

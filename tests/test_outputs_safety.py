@@ -125,14 +125,17 @@ def clips(tmp_path):
     (["-o", "{out}", "--stats-json", "{ir}"], "--stats-json {ir} would overwrite the input --ir"),
     (["-o", "{out}", "--preview", "{out}"], "--preview {out} is also -o {out}"),
     (["-o", "{out}", "--stats-json", "{out}"], "--stats-json {out} is also -o {out}"),
-    (["--estimate-homography", "{vis}"], "--estimate-homography {vis} would overwrite"),
+    (["--homography", "{h}", "--estimate-homography", "{h}"],
+     "--estimate-homography {h} would overwrite the input --homography {h}"),
 ])
 def test_video_outputs_never_land_on_inputs_or_each_other(clips, ckpt, tmp_path, capsys,
                                                           extra, needle):
     from refusion.cli.video import main
 
     ir, vis = clips
-    names = {"ir": str(ir), "vis": str(vis), "out": str(tmp_path / "out.mp4")}
+    names = {"ir": str(ir), "vis": str(vis), "out": str(tmp_path / "out.mp4"),
+             "h": str(tmp_path / "h.json")}
+    (tmp_path / "h.json").write_text("[[1, 0, 0], [0, 1, 0], [0, 0, 1]]")
     before = _digest(ir, vis)
     err = _error(main, ["--ir", str(ir), "--vis", str(vis), "--weights", str(ckpt), "-q",
                         *[x.format(**names) for x in extra]], capsys)

@@ -254,9 +254,10 @@ def test_the_command_says_where_a_failed_run_left_its_frames(tmp_path, ckpt, cap
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "cannot decode image" in err and "5.png" in err
     kept = tmp_path / "o.incomplete.mp4"
-    # pairing looks one infrared frame ahead, so the pair before 5.png fails too: 4 frames
-    assert f"failed after 4 frames; they are kept in {kept}" in err and "wrote" not in err
-    assert count_frames(kept) == 4 and not out.exists()
+    # pairing looks one infrared frame ahead; the pair before 5.png is still made (it used
+    # to fail with it: 4 frames)
+    assert f"failed after 5 frames; they are kept in {kept}" in err and "wrote" not in err
+    assert count_frames(kept) == 5 and not out.exists()
 
 
 def test_sources_read_folders_in_natural_order_and_files_at_their_own_rate(tmp_path):
@@ -548,7 +549,27 @@ def test_a_compiled_backend_only_ever_sees_the_warmed_up_batch(tmp_path):
                          progress=False, batch_size=4)
     pipe.run()
     assert set(be.shapes) == {(4, 2, 48, 64)}  # warm-up and every batch, the last one padded
+    assert len(be.shapes) == 3  # warm-up, 4 frames, 3 frames + 1 copy (not 7 padded batches)
     assert count_frames(out) == 7 and pipe.stats.frames == 7
+
+
+class _BatchRecorder(TorchBackend):
+    def _infer(self, batch):
+        self.sizes = [*getattr(self, "sizes", []), batch.shape[0]]
+        return super()._infer(batch)
+
+
+@pytest.mark.parametrize("queue_size", [1, 4])
+def test_the_batch_size_is_not_capped_by_the_queue(tmp_path, queue_size):
+    # batches used to take only what was waiting in a queue of --queue frames: --batch-size 8
+    # with --queue 1 ran 40 batches of one
+    ir = write_video(tmp_path / "ir.mp4", 10)
+    vis = write_video(tmp_path / "vis.mp4", 10)
+    be = _BatchRecorder(FusionNet(TINY), threads=1, retain_memory=False)
+    pipe = VideoPipeline(PairReader(FrameSource(ir, "ir"), FrameSource(vis, "vis")), be,
+                         tmp_path / "o.mp4", progress=False, batch_size=4, queue_size=queue_size)
+    pipe.run()
+    assert be.sizes == [4, 4, 2] and pipe.stats.frames == 10
 
 
 def test_odd_frame_sizes_are_padded_not_cropped(tmp_path, ckpt, capsys):
@@ -701,7 +722,7 @@ def test_pipeline_warms_up_a_compiling_backend_first(clips, tmp_path):
     assert all(not zeros for _, zeros in be.calls[1:]) and stats.frames == 8
     # every batch at the warmed-up size (a short one padded), covering the 8 frames
     assert {shape for shape, _ in be.calls[1:]} == {(2, 2, 48, 64)}
-    assert 4 <= len(be.calls[1:]) <= 8
+    assert len(be.calls[1:]) == 4  # full batches: a file's frames wait for one another
 
 
 def test_video_torch_only_flags_fail_before_opening_inputs(tmp_path, capsys):
@@ -713,3 +734,125 @@ def test_video_torch_only_flags_fail_before_opening_inputs(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "refusion-video: error: --compile needs the torch backend (--backend torch or auto), "
         "not --backend onnxruntime")
+
+
+def _frame_folders(tmp_path, n=12, drop_ir=None):
+    ir_dir, vis_dir = tmp_path / "irf", tmp_path / "visf"
+    ir_dir.mkdir()
+    vis_dir.mkdir()
+    for i in range(n):
+        img = np.zeros((48, 64), np.uint8)
+        img[:, (i * 5) % 64:] = 200
+        img[0, 0] = i  # the frame's number, readable back
+        cv2.imwrite(str(ir_dir / f"frame_{i}.png"), img)
+        cv2.imwrite(str(vis_dir / f"frame_{i}.png"), img)
+    if drop_ir is not None:
+        (ir_dir / f"frame_{drop_ir}.png").unlink()
+    return ir_dir, vis_dir
+
+
+def test_frame_folders_pair_by_name_when_one_misses_a_frame(tmp_path):
+    # by position, every pair after the gap was one frame off, with a length warning only
+    ir_dir, vis_dir = _frame_folders(tmp_path, drop_ir=5)
+    reader = PairReader(FrameSource(ir_dir, "ir"), FrameSource(vis_dir, "vis"))
+    assert any("have no --ir frame of the same name" in w and "frame_5.png" in w
+               for w in reader.stats.warnings)
+    numbers = []
+    while (got := reader.read()) is not None:
+        ir, vis, _ = got
+        assert ir[0, 0] == vis[0, 0]
+        numbers.append(int(ir[0, 0]))
+    assert numbers == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    reader.release()
+
+
+def test_a_bad_infrared_frame_read_ahead_keeps_the_pairs_before_it(tmp_path):
+    ir_dir, vis_dir = _frame_folders(tmp_path, n=10)
+    cv2.imwrite(str(ir_dir / "frame_7.png"), np.zeros((30, 30), np.uint8))
+    reader = PairReader(FrameSource(ir_dir, "ir"), FrameSource(vis_dir, "vis"))
+    got = [reader.read() for _ in range(7)]  # pair 6 used to fail with frame 7's error
+    assert [int(g[0][0, 0]) for g in got] == list(range(7))
+    with pytest.raises(UserError, match="frame_7.png: 30x30"):
+        reader.read()
+    reader.release()
+
+
+def test_separate_frame_rates_for_two_folders(tmp_path, ckpt):
+    ir_dir, vis_dir = _frame_folders(tmp_path, n=12)
+    reader = PairReader(FrameSource(ir_dir, "ir", 15.0), FrameSource(vis_dir, "vis", 30.0))
+    numbers = []
+    while (got := reader.read()) is not None:
+        numbers.append(int(got[0][0, 0]))
+    # each 15 Hz frame serves about two 30 Hz frames (the nearest in time)
+    assert len(numbers) == 12 and all(abs(2 * n - i) <= 1 for i, n in enumerate(numbers))
+    assert numbers[-1] <= 6
+    out = tmp_path / "o.mp4"
+    assert main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--ir-fps", "15", "--vis-fps",
+                 "30", "-o", str(out), "--weights", str(ckpt), "--backend", "torch", "-q"]) == 0
+
+
+def test_homography_files_are_judged_up_to_scale_and_by_coverage(tmp_path):
+    from refusion.engine.video import homography_coverage, homography_warnings
+
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"homography": [[1e-5, 0, 0], [0, 1e-5, 0], [0, 0, 1e-5]]}))
+    np.testing.assert_allclose(load_homography(small), np.eye(3))  # the identity, up to scale
+    sing = tmp_path / "sing.json"
+    sing.write_text(json.dumps([[1, 0, 0], [1, 0, 0], [0, 0, 1]]))
+    with pytest.raises(UserError, match="singular"):
+        load_homography(sing)
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((3, 3), np.nan))
+    with pytest.raises(UserError, match="NaN"):
+        load_homography(nan)
+    cplx = tmp_path / "c.npy"
+    np.save(cplx, np.eye(3) * (1 + 1j))
+    with pytest.raises(UserError, match="not real numbers"):
+        load_homography(cplx)
+    with pytest.raises(UserError, match="is a folder"):
+        load_homography(tmp_path)
+    far = np.array([[1.0, 0, 10000], [0, 1, 0], [0, 0, 1]])
+    assert homography_coverage(far, (64, 48), (64, 48)) == 0.0
+    assert homography_coverage(np.eye(3), (64, 48), (64, 48)) == 1.0
+    half = np.array([[1.0, 0, 32], [0, 1, 0], [0, 0, 1]])  # shifted by half the width
+    assert homography_coverage(half, (64, 48), (64, 48)) == pytest.approx(0.5, abs=0.03)
+    # the estimate of two unrelated scenes: a handful of chance inliers among many matches
+    doubts = homography_warnings({"method": "orb-ransac", "matches": 4420, "inliers": 50,
+                                  "coverage": 0.3})
+    assert len(doubts) == 2 and "same scene" in doubts[0] and "30 %" in doubts[1]
+    assert homography_warnings({"method": "orb-ransac+ecc", "matches": 7151,
+                                "inliers": 6025, "coverage": 0.9}) == []
+    # .npy is written as .npy (it used to be JSON under that name, unreadable by --homography)
+    h = np.array([[1.01, 0, 3], [0, 0.99, -2], [0, 0, 1]])
+    np.testing.assert_allclose(load_homography(save_homography(tmp_path / "h.npy", h)), h)
+    with pytest.raises(UserError, match="as .json or .npy"):
+        save_homography(tmp_path / "h.txt", h)
+
+
+@pytest.mark.parametrize("case", ["weights", "estimate-with-output", "empty-weights",
+                                  "calib", "off-frame", "estimate-suffix"])
+def test_more_video_option_errors(tmp_path, ckpt, capsys, case):
+    ir_dir, vis_dir = _frame_folders(tmp_path, n=3)
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(ckpt.read_bytes())
+    base = ["--ir", str(ir_dir), "--vis", str(vis_dir), "-q"]
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps({"homography": [[1, 0, 10000], [0, 1, 0], [0, 0, 1]]}))
+    args, needle = {
+        "weights": (["-o", str(tmp_path / "o.mp4"), "--weights", str(mine), "--stats-json",
+                     str(mine)], "would overwrite the input --weights"),
+        "estimate-with-output": (["--estimate-homography", str(tmp_path / "h.json"), "-o",
+                                  str(tmp_path / "o.mp4")], "would write nothing"),
+        "empty-weights": (["-o", str(tmp_path / "o.mp4"), "--weights", ""], "--weights is empty"),
+        "calib": (["--estimate-homography", str(tmp_path / "h.json"), "--calib-frames", "0"],
+                  "--calib-frames must be at least 1"),
+        "off-frame": (["-o", str(tmp_path / "o.mp4"), "--weights", str(ckpt), "--homography",
+                       str(far)], "entirely off the visible one"),
+        "estimate-suffix": (["--estimate-homography", str(tmp_path / "h.txt")],
+                            "write a .json or .npy file"),
+    }[case]
+    with pytest.raises(SystemExit) as exc:
+        main(base + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and needle in err[-1], err
+    assert mine.read_bytes() == ckpt.read_bytes() and not (tmp_path / "o.mp4").exists()

@@ -27,10 +27,13 @@ from refusion.engine.fuser import check_task
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor
 from refusion.engine.video import (
+    HOMOGRAPHY_SUFFIXES,
     Aligner,
     FrameSource,
     PairReader,
     estimate_homography,
+    homography_coverage,
+    homography_warnings,
     load_homography,
     save_homography,
     stretch_warning,
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--fps", type=float,
                      help="frame rate of frame folders, and of videos or cameras that report "
                           "none (default 30); a video file's own rate wins")
+    src.add_argument("--ir-fps", type=float, metavar="FPS",
+                     help="frame rate of the --ir input alone (a folder of frames recorded at "
+                          "another rate than the visible one); overrides --fps for it")
+    src.add_argument("--vis-fps", type=float, metavar="FPS",
+                     help="frame rate of the --vis input alone; overrides --fps for it")
     p.add_argument("-o", "--output", help="output .mp4")
     p.add_argument("--weights", default=None,
                    help="shipped weights by name (`refusion weights` lists them), a checkpoint, "
@@ -83,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     al = p.add_argument_group("alignment")
     al.add_argument("--homography", metavar="FILE",
                     help="3x3 infrared->visible homography (.json or .npy)")
-    al.add_argument("--estimate-homography", metavar="JSON",
+    al.add_argument("--estimate-homography", metavar="FILE",
                     help="estimate a homography from --calib-frames pairs near the start, "
-                    "write it here and exit (use it next with --homography)")
+                    "write it here (.json with the fit's figures, or .npy) and exit (use it "
+                    "next with --homography)")
     al.add_argument("--calib-frames", type=int, default=8,
                     help="frame pairs for --estimate-homography, one every third frame (so "
                     "that they differ) until N are taken or the input ends (default 8)")
@@ -98,11 +107,18 @@ def _reader(args: argparse.Namespace) -> PairReader:
     if args.sbs:
         if args.ir or args.vis:
             raise UserError("give either --sbs or --ir/--vis, not both")
+        if args.ir_fps or args.vis_fps:
+            raise UserError("--ir-fps/--vis-fps are for two inputs; --sbs takes --fps")
         return PairReader(sbs=FrameSource(args.sbs, "sbs", args.fps), sbs_order=args.sbs_order)
     if not args.ir or not args.vis:
         raise UserError("both --ir and --vis are required (or one side-by-side video: --sbs)")
-    ir = FrameSource(args.ir, "ir", args.fps)
-    return PairReader(ir, FrameSource(args.vis, "vis", args.fps))
+    ir = FrameSource(args.ir, "ir", args.ir_fps or args.fps)
+    try:
+        vis = FrameSource(args.vis, "vis", args.vis_fps or args.fps)
+    except BaseException:
+        ir.release()
+        raise
+    return PairReader(ir, vis)
 
 
 def _estimate(args: argparse.Namespace, reader: PairReader) -> int:
@@ -120,9 +136,13 @@ def _estimate(args: argparse.Namespace, reader: PairReader) -> int:
     if not irs:
         raise UserError("no frame pairs to estimate a homography from")
     h, info = estimate_homography(irs, viss)
-    save_homography(args.estimate_homography, h, frames=len(irs), **info)
+    doubts = homography_warnings(info)
+    save_homography(args.estimate_homography, h, frames=len(irs), **info, warnings=doubts)
     print(f"{PROG}: wrote {args.estimate_homography} ({info['method']}, {info['inliers']} "
-          f"inliers of {info['matches']} matches, {len(irs)} frame pairs)", file=sys.stderr)
+          f"inliers of {info['matches']} matches, {len(irs)} frame pairs, the infrared frame "
+          f"covering {100 * info['coverage']:.0f} % of the visible one)", file=sys.stderr)
+    for w in doubts:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -143,8 +163,29 @@ def _terminate(signum: int, frame: object) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     backend_name, options = backend_choice(args)  # before any camera or file is opened
-    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
-        raise UserError(f"--fps must be a positive number, got {args.fps}")
+    for name in ("fps", "ir_fps", "vis_fps"):
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+    if args.calib_frames < 1:
+        raise UserError(f"--calib-frames must be at least 1, got {args.calib_frames}")
+    if args.estimate_homography:
+        if Path(args.estimate_homography).suffix.lower() not in HOMOGRAPHY_SUFFIXES:
+            raise UserError(f"--estimate-homography {args.estimate_homography}: write a .json "
+                            "or .npy file (what --homography reads)")
+        ignored = [o for o, v in (("-o", args.output), ("--preview", args.preview),
+                                  ("--stats-json", args.stats_json)) if v]
+        if ignored:
+            raise UserError(f"--estimate-homography measures the alignment and exits, so "
+                            f"{'/'.join(ignored)} would write nothing; fuse in a second run "
+                            "with --homography")
+    if args.weights is not None and not str(args.weights).strip():
+        raise UserError("--weights is empty (leave it out for the shipped weights of --task)")
+    # say $REFUSION_WEIGHTS, not --weights, when the environment chose the weights
+    option = "--weights"
+    if args.weights is None and os.environ.get("REFUSION_WEIGHTS"):
+        args.weights, option = os.environ["REFUSION_WEIGHTS"], "$REFUSION_WEIGHTS"
+    weights = resolve_weights(args.weights, args.task, option)
     reader = _reader(args)
     aligned = args.homography or args.estimate_homography  # given, or being measured now
     stretched = None if aligned else stretch_warning(reader.ir_size, reader.vis_size)
@@ -155,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
     # no output may land on an input file (a camera index is not a file) or on another output
     inputs = [(f"--{k}", getattr(args, k)) for k in ("ir", "vis", "sbs", "homography")]
     inputs = [(k, v) for k, v in inputs if v is not None and not str(v).isdigit()]
+    inputs.append((option, weights))  # the user's checkpoint (or the shipped one) is theirs
     outputs = [("-o", args.output), ("--preview", args.preview),
                ("--stats-json", args.stats_json),
                ("--estimate-homography", args.estimate_homography)]
@@ -177,20 +219,30 @@ def _run(args: argparse.Namespace) -> int:
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        for path in (out, args.preview, args.stats_json):
+        for option, path in (("-o", out), ("--preview", args.preview),
+                             ("--stats-json", args.stats_json)):
             if path:  # all before the first frame: the stats are written after the last one
-                ensure_writable(path)
-        # say $REFUSION_WEIGHTS, not --weights, when the environment chose the weights
-        option = "--weights"
-        if args.weights is None and os.environ.get("REFUSION_WEIGHTS"):
-            args.weights, option = os.environ["REFUSION_WEIGHTS"], "$REFUSION_WEIGHTS"
-        weights = resolve_weights(args.weights, args.task, option)
+                try:
+                    ensure_writable(path)
+                except UserError as exc:
+                    raise UserError(f"{option}: {exc}") from None
         check_task(weights, args.task, f"{option} {weights_label(args.weights, weights)}")
     except UserError:
         reader.release()
         raise
     try:  # the inputs (cameras included) are released whatever fails before the pipeline runs
         h = load_homography(args.homography) if args.homography else None
+        if h is not None:
+            cover = homography_coverage(h, reader.ir_size, reader.vis_size)
+            if cover == 0:
+                raise UserError(f"--homography {args.homography} takes the infrared frame "
+                                f"({reader.ir_size[0]}x{reader.ir_size[1]}) entirely off the "
+                                f"visible one ({reader.vis_size[0]}x{reader.vis_size[1]}): the "
+                                "fused video would hold no infrared")
+            if cover < 0.5:
+                print(f"{PROG}: warning: under --homography {args.homography} the infrared "
+                      f"frame covers {100 * cover:.0f} % of the visible frame (its border is "
+                      "repeated over the rest)", file=sys.stderr)
         backend = create_backend(backend_name, weights, device=args.device, **options,
                                  spin=False)  # idle ORT threads must not starve decode/encode
         pipe = VideoPipeline(
@@ -225,6 +277,11 @@ def _run(args: argparse.Namespace) -> int:
             if s.interrupted and str(where) != str(out):
                 print(f"{PROG}: {out}, from an earlier run, was left as it was",
                       file=sys.stderr)
+        preview_dest = pipe.preview.dest if pipe.preview is not None else None
+        if preview_dest is not None and str(preview_dest) != str(args.preview):
+            print(f"{PROG}: the preview is in {preview_dest} ({args.preview} was left as it "
+                  "was)" if Path(args.preview).exists() else
+                  f"{PROG}: the preview is in {preview_dest}", file=sys.stderr)
         backend.deactivate()
         if args.stats_json:
             try:
