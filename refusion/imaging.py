@@ -147,7 +147,8 @@ def unit_float_to_255(img: np.ndarray) -> np.ndarray:
 
 #: channels this many 8-bit levels apart still count as grey in :func:`split_luma`: a grey
 #: camera's frames decoded from a lossy video (H.264, mp4v) differ by a level or two
-GRAY_TOLERANCE = 2
+# levels: the grey infrared clips of M3SVD (H.264) come back with channels up to 3 apart
+GRAY_TOLERANCE = 4
 
 
 def is_gray(img: np.ndarray, tolerance: float = 0) -> bool:

@@ -63,7 +63,7 @@ def _run(args):
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "size", "weights", "task", "ext",
-                                  "unwritable", "threads"])
+                                  "unwritable", "threads", "folder-output", "no-extension"])
 def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
     a, b = pair_files
     out = str(tmp_path / ("o.pgn" if case == "ext" else "o.png"))
@@ -92,6 +92,10 @@ def test_user_errors_are_one_line(case, pair_files, ckpt, tmp_path):
     elif case == "threads":
         args += ["--threads", "0"]
         needle = "--threads must be at least 1, got 0"
+    elif case in ("folder-output", "no-extension"):
+        # each used to become a PNG file without an extension
+        args[3] = str(tmp_path / "newdir") + ("/" if case == "folder-output" else "")
+        needle = "with two image files, -o is the fused image"
     else:
         blocker = tmp_path / "file"
         blocker.write_text("x")

@@ -49,6 +49,13 @@ def test_colour_paths_grey_colour_and_both(photo_pair):
     np.testing.assert_allclose(both.chroma, pc.chroma, atol=0.51)
     three_equal = np.repeat(ir[..., None], 3, axis=2)
     assert prepare_pair(three_equal, ir).chroma is None  # equal channels count as grey
+    # a grey camera through a lossy codec: channels a few levels apart (M3SVD: up to 3)
+    noisy = three_equal.astype(np.int16) + np.array([0, 3, -1], np.int16)
+    noisy = np.clip(noisy, 0, 255).astype(np.uint8)
+    assert prepare_pair(noisy, ir).chroma is None
+    tinted = three_equal.copy()
+    tinted[..., 2] = np.clip(tinted[..., 2].astype(int) + 12, 0, 255)  # a real colour cast
+    assert prepare_pair(tinted, ir).chroma is not None
     pre = FramePreprocessor(gray=True)
     pair = pre.pre(ir, vis)
     assert pair.chroma is None and pre.post(pair.a, pair).ndim == 2

@@ -830,7 +830,7 @@ def test_homography_files_are_judged_up_to_scale_and_by_coverage(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["weights", "estimate-with-output", "empty-weights",
-                                  "calib", "off-frame", "estimate-suffix"])
+                                  "calib", "off-frame", "estimate-suffix", "bad-checkpoint"])
 def test_more_video_option_errors(tmp_path, ckpt, capsys, case):
     ir_dir, vis_dir = _frame_folders(tmp_path, n=3)
     mine = tmp_path / "mine.safetensors"
@@ -850,9 +850,12 @@ def test_more_video_option_errors(tmp_path, ckpt, capsys, case):
                        str(far)], "entirely off the visible one"),
         "estimate-suffix": (["--estimate-homography", str(tmp_path / "h.txt")],
                             "write a .json or .npy file"),
+        "bad-checkpoint": (["-o", str(tmp_path / "o.mp4"), "--weights", str(far)],
+                           "neither a refusion .safetensors checkpoint nor a torch .pth"),
     }[case]
     with pytest.raises(SystemExit) as exc:
         main(base + args)
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and needle in err[-1], err
+    assert not any(" -> " in line for line in err)  # failed before the run's banner
     assert mine.read_bytes() == ckpt.read_bytes() and not (tmp_path / "o.mp4").exists()

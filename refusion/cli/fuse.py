@@ -9,6 +9,7 @@ learnt checkpoint of ``--task`` (default ``ivif``) is used.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     if folder and out.exists() and not out.is_dir():
         raise UserError(f"-o {out} must be a folder when the inputs are folders")
+    if not folder and (out.is_dir() or args.output.endswith(("/", os.sep)) or not out.suffix):
+        # it used to become a PNG file without an extension, under a folder's name
+        raise UserError(f"-o {args.output}: with two image files, -o is the fused image; give "
+                        "it a name with an image extension (e.g. fused.png)")
     # checked before any inference, so that a typo does not cost a folder's worth of work
     ext = check_image_ext(args.ext, "--ext") if folder else \
         check_image_ext(out.suffix or ".png", f"-o {out}")

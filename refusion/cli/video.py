@@ -227,6 +227,12 @@ def _run(args: argparse.Namespace) -> int:
                 except UserError as exc:
                     raise UserError(f"{option}: {exc}") from None
         check_task(weights, args.task, f"{option} {weights_label(args.weights, weights)}")
+        if not str(weights).lower().endswith((".onnx", ".plan", ".engine", ".trt")):
+            # a bad checkpoint fails here, before the run's banner (the backend loads it only
+            # when the pipeline starts)
+            from refusion.checkpoint import load_fusion_model
+
+            load_fusion_model(weights)
     except UserError:
         reader.release()
         raise
