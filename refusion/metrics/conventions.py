@@ -175,22 +175,7 @@ def parse_convention_spec(spec: str | None, metrics: list[str]) -> dict[str, str
                                f"({', '.join(TOOLBOX_TAGS)}) or METRIC.name")
             has = [s.name for s in METRICS.values() if item in s.conventions]
             raise KeyError(f"convention {item!r} applies to none of the scored metrics "
-                           f"({scored}); it has {', '.join(has)}")
-        for m in hits:
-            out[m] = resolve(m, item)
-    return out
-    for item in (s.strip() for s in spec.split(",")):
-        if not item or item == "default":
-            continue
-        if "." in item:
-            mname, _, conv = item.partition(".")
-            m = canonical_metric(mname)
-            out[m] = resolve(m, conv)
-            continue
-        hits = [m for m in metrics if item in METRICS[m].conventions]
-        if not hits and not any(item in s.conventions for s in METRICS.values()):
-            raise KeyError(f"unknown convention {item!r}; use a toolbox tag "
-                           f"({', '.join(TOOLBOX_TAGS)}) or METRIC.name")
+                           f"({scored}); the metrics that have it: {', '.join(has)}")
         for m in hits:
             out[m] = resolve(m, item)
     return out
