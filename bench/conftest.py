@@ -16,3 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record the libraries, native build, GPU and load with the results, so that a report
+    made later (or elsewhere) from the JSON describes the machine that measured them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import machine
+
+    machine_info["refusion"] = machine()

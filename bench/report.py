@@ -62,7 +62,8 @@ def _cpu_name() -> str:
 
 
 def machine() -> dict[str, str]:
-    """Machine and library versions for the report header."""
+    """Machine and library versions, as ``bench/conftest.py`` records them into each
+    pytest-benchmark JSON (``machine_info["refusion"]``) for the report's header."""
     import numpy
     import torch
 
@@ -89,7 +90,7 @@ def machine() -> dict[str, str]:
     except ImportError:
         info["tensorrt"] = "not installed"
     with contextlib.suppress(OSError):
-        info["load average (1/5/15 min) at report time"] = " ".join(
+        info["load average (1/5/15 min) when measured"] = " ".join(
             Path("/proc/loadavg").read_text().split()[:3])
     info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:
@@ -104,7 +105,9 @@ def machine() -> dict[str, str]:
 def collect(data: dict) -> tuple[dict[str, dict[str, dict]], list[dict]]:
     """``latency[config][size] = stats`` and the video entries of a pytest-benchmark JSON.
 
-    A reduced-precision row's PSNR against FP32 (``psnr_vs_fp32``) is kept in its stats."""
+    A reduced-precision row's PSNR against FP32 (``psnr_vs_fp32``) and the backend's own
+    description (``describe``: device, threads, kernels...) are kept in its stats. The
+    baseline comes first, the other configurations in the order met."""
     latency: dict[str, dict[str, dict]] = {}
     video = []
     for b in data.get("benchmarks", []):
@@ -116,11 +119,72 @@ def collect(data: dict) -> tuple[dict[str, dict[str, dict]], list[dict]]:
             stats = dict(b["stats"])
             if "psnr_vs_fp32" in ex:
                 stats["psnr_vs_fp32"] = ex["psnr_vs_fp32"]
+            if "describe" in ex:
+                stats["describe"] = ex["describe"]
             latency.setdefault(ex["config"], {})[ex["size"]] = stats
+    if BASELINE in latency:
+        latency = {BASELINE: latency[BASELINE]} | latency
     return latency, video
 
 
-def markdown(latency: dict, video: list[dict], info: dict, chart: str | None) -> str:
+def _recorded_machine(doc: dict) -> dict[str, str]:
+    """The machine a pytest-benchmark JSON was measured on, as the report lists it: what
+    ``bench/conftest.py`` recorded then (``machine_info["refusion"]``), else what
+    pytest-benchmark itself records (CPU, cores, Python), plus when and at which commit."""
+    mi = doc.get("machine_info", {}) or {}
+    info = dict(mi.get("refusion", {}) or {})
+    if not info:
+        cpu = mi.get("cpu", {}) or {}
+        info = {"cpu": str(cpu.get("brand_raw", "unknown CPU")),
+                "cores": str(cpu.get("count", "?")),
+                "python": str(mi.get("python_version", "?")),
+                "libraries": "not recorded in this JSON (benchmarks run before "
+                             "bench/conftest.py recorded them)"}
+    info["host"] = str(mi.get("node", "?"))
+    if doc.get("datetime"):
+        info["measured"] = str(doc["datetime"])
+    commit = doc.get("commit_info", {}) or {}
+    if commit.get("id"):
+        info["commit"] = str(commit["id"])[:12] + (" (uncommitted changes)" if commit.get(
+            "dirty") else "")
+    return info
+
+
+def _same_machine_key(doc: dict) -> tuple:
+    mi = doc.get("machine_info", {}) or {}
+    cpu = mi.get("cpu", {}) or {}
+    return mi.get("node"), cpu.get("brand_raw"), cpu.get("count")
+
+
+def read_results(paths: list[Path]) -> tuple[dict, dict[str, str], list[str]]:
+    """Merge pytest-benchmark JSONs (later files win for the same configuration).
+
+    Returns ``(data, machine info, warnings)``: the machine is the first file's; files from
+    another machine are named in the warnings, since their figures do not compare.
+    Raises SystemExit with one line for a missing or unreadable file."""
+    docs = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise SystemExit(f"report.py: error: cannot read {path}: "
+                             f"{exc.strerror or exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"report.py: error: {path} is not a pytest-benchmark JSON "
+                             f"({exc})") from None
+        if not isinstance(doc, dict):
+            raise SystemExit(f"report.py: error: {path} is not a pytest-benchmark JSON")
+        docs.append((path, doc))
+    warnings = [f"{path} was measured on another machine ({_same_machine_key(doc)[0]}, "
+                f"{_same_machine_key(doc)[1]}) than {docs[0][0]}: its rows do not compare "
+                "with the others" for path, doc in docs[1:]
+                if _same_machine_key(doc) != _same_machine_key(docs[0][1])]
+    data = {"benchmarks": [b for _, doc in docs for b in doc.get("benchmarks", []) or []]}
+    return data, (_recorded_machine(docs[0][1]) if docs else {}), warnings
+
+
+def markdown(latency: dict, video: list[dict], info: dict, chart: str | None,
+             warnings: list[str] | None = None) -> str:
     sizes = [s for s in SIZES if any(s in v for v in latency.values())]
     base = latency.get(BASELINE, {})
     lines = ["# Runtime benchmarks", "",
@@ -145,9 +209,10 @@ def markdown(latency: dict, video: list[dict], info: dict, chart: str | None) ->
              "CPU); `torch-bf16` runs F in BF16 (channels-last; on CPU fast only with "
              "AVX512-BF16/AMX) and `torch-bf16-compile` compiles that: reduced-precision rows "
              "give their PSNR against the FP32 output (the same photograph pair for every row), "
-             "since their images are close to, not equal to, the FP32 ones.", "",
-             "| backend | " + " | ".join(sizes) + " |",
-             "|---|" + "---|" * len(sizes)]
+             "since their images are close to, not equal to, the FP32 ones.", ""]
+    lines += [f"**Warning:** {w}" for w in warnings or []] + ([""] if warnings else [])
+    if latency:
+        lines += ["| backend | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
     for cfg, per in latency.items():
         cells = []
         for s in sizes:
@@ -162,10 +227,24 @@ def markdown(latency: dict, video: list[dict], info: dict, chart: str | None) ->
                 cell += f", {st['psnr_vs_fp32']:.1f} dB vs FP32"
             cells.append(cell)
         lines.append(f"| {cfg} | " + " | ".join(cells) + " |")
-    lines += ["", "On a shared machine other jobs inflate both the minimum and the mean; compare "
-              "backends within one run, and rerun on an idle machine for absolute figures.",
-              "", "Backends absent from the table were skipped (see the pytest output for the "
-              "reason: no TensorRT, no GPU, torch.compile off by default).", ""]
+    if latency:
+        lines += ["", "On a shared machine other jobs inflate both the minimum and the mean; "
+                  "compare backends within one run, and rerun on an idle machine for absolute "
+                  "figures.", "", "Backends absent from the table were skipped (see the pytest "
+                  "output for the reason: no TensorRT, no GPU, torch.compile off by default).",
+                  ""]
+        described = {cfg: next((st["describe"] for st in per.values() if "describe" in st), None)
+                     for cfg, per in latency.items()}
+        if any(described.values()):
+            lines += ["How each configuration ran (its backend's `describe()`):", "",
+                      "| backend | device | threads | settings |", "|---|---|---|---|"]
+            for cfg, d in described.items():
+                if d:
+                    rest = ", ".join(f"{k} {v}" for k, v in d.items()
+                                     if k not in ("device", "threads"))
+                    lines.append(f"| {cfg} | {d.get('device', '?')} | {d.get('threads', '-')} "
+                                 f"| {rest} |")
+            lines.append("")
     if video:
         lines += ["## Video: end-to-end vs model-only", "",
                   "| source | backend | frames | end-to-end fps | model-only fps | ratio | "
@@ -227,23 +306,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     args = p.parse_args(argv)
-    if args.json:
-        json_paths = args.json
-    else:
-        json_paths = run_benchmarks(Path(tempfile.mkdtemp()), args.pytest_args)
-    # later files win for the same configuration (e.g. a rerun of bench_video.py alone)
-    data = {"benchmarks": [b for path in json_paths
-                           for b in json.loads(path.read_text()).get("benchmarks", [])]}
+    if args.out.suffix.lower() != ".md":  # the chart goes beside it, as <name>.png
+        raise SystemExit(f"report.py: error: --out {args.out}: the report is a .md file "
+                         "(the chart is written beside it as .png)")
+    with tempfile.TemporaryDirectory() as tmp:
+        json_paths = args.json or run_benchmarks(Path(tmp), args.pytest_args)
+        # later files win for the same configuration (e.g. a rerun of bench_video.py alone)
+        data, info, warnings = read_results(json_paths)
     latency, video = collect(data)
     if not latency and not video:
-        print(f"no benchmark results in {', '.join(map(str, json_paths))}", file=sys.stderr)
+        print(f"no benchmark results in {', '.join(map(str, json_paths)) or 'the run'}",
+              file=sys.stderr)
         return 1
+    for w in warnings:
+        print(f"report.py: warning: {w}", file=sys.stderr)
     chart = args.out.with_suffix(".png")
-    has_chart = plot(latency, chart)
+    has_chart = bool(latency) and plot(latency, chart)
     from refusion.utils.atomic import atomic_write_text
 
-    atomic_write_text(args.out, markdown(latency, video, machine(), chart.name if has_chart
-                                         else None))
+    atomic_write_text(args.out, markdown(latency, video, info or machine(),
+                                         chart.name if has_chart else None, warnings))
     print(f"wrote {args.out}" + (f" and {chart}" if has_chart else ""), file=sys.stderr)
     return 0
 

@@ -21,6 +21,7 @@ key                           value
 ``source_checkpoint_sha256``  SHA-256 of that file (empty for an in-memory model)
 ``source_format``             ``refusion`` (ours), ``authors`` (their ``.pth``) or ``module``
 ``opset``                     the default-domain opset of the graph
+``weights_name``              shipped weights only: their name (``ivif``, ``mfif-fixed``...)
 ============================  =================================================================
 """
 

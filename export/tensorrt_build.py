@@ -400,13 +400,24 @@ def _attach_timing_cache(config, cache_path: Path) -> None:
     config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
+def engine_check_problem() -> str | None:
+    """Why the engine's accuracy check cannot run here (it runs the plan through torch's CUDA
+    tensors), or None. Asked before the build, so that minutes of building are not lost."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "the engine accuracy check needs a CUDA build of torch (or check=False)"
+    return None
+
+
 def run_engine(trt, plan: bytes, x):
     """Run a serialized plan on one float32 ``(N, 2, H, W)`` numpy input (needs CUDA torch)."""
     import numpy as np
     import torch
 
-    if not torch.cuda.is_available():
-        raise UserError("the engine accuracy check needs a CUDA build of torch (or check=False)")
+    why = engine_check_problem()
+    if why:
+        raise UserError(why)
     logger = _make_logger(trt)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(plan)
@@ -463,6 +474,9 @@ def build_engine(
         raise UserError(f"ONNX model not found: {onnx_path}")
     profile = make_profile(min_shape, opt_shape, max_shape, batch)
     trt = import_tensorrt()
+    why = engine_check_problem() if check else None
+    if why:  # before the build, not after it
+        raise UserError(why)
     model = onnx.load(str(onnx_path))
     settings = plan_build(model, tensorrt_version(trt), fp16)
     net_model = network_model(model, settings)

@@ -235,6 +235,7 @@ def test_accuracy_gate(use_trt, onnx_files, graphs, tmp_path, monkeypatch):
     plan = tmp_path / "m.plan"
     seen = []
     run = _ort_runner(graphs, 1e-4)
+    monkeypatch.setattr(tb, "engine_check_problem", lambda: None)  # ORT stands in for CUDA
     monkeypatch.setattr(tb, "run_engine", lambda t, p, x: seen.append(x.shape) or run(t, p, x))
     _build(onnx_files["fp16"], plan, check=True)
     acc = tb.read_plan_sidecar(plan)["accuracy"]
@@ -252,9 +253,24 @@ def test_accuracy_gate(use_trt, onnx_files, graphs, tmp_path, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_accuracy_check_without_cuda_says_so(use_trt, onnx_files, tmp_path):
     use_trt()
+    cache = tmp_path / "t.cache"
     with pytest.raises(UserError, match="needs a CUDA build of torch \\(or check=False\\)"):
-        _build(onnx_files["fp16"], tmp_path / "m.plan", check=True)
-    assert not (tmp_path / "m.plan").exists()
+        _build(onnx_files["fp16"], tmp_path / "m.plan", check=True, timing_cache=cache)
+    # refused before the build: no plan, and no timing cache written by a build
+    assert not (tmp_path / "m.plan").exists() and not cache.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_export_cli_refuses_an_unrunnable_check_before_any_work(use_trt, tmp_path, capsys):
+    from refusion.cli.export import main
+
+    use_trt()
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit):
+        main(["ivif", "-o", str(out), "--engine", str(tmp_path / "m.plan")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-check" in err[0], err
+    assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_export_cli_builds_the_engine(use_trt, tmp_path, capsys):

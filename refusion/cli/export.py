@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-size",
         metavar="HxW",
-        default="1080x1920",
-        help="input size of the FP16 accuracy check (default 1080x1920)",
+        default=None,
+        help="input size of the FP16 accuracy check, with --fp16 (default 1080x1920)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the accuracy checks")
     p.add_argument("-q", "--quiet", action="store_true", help="only print errors")
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if newest is not None and args.opset > newest:
         raise UserError(f"--opset {args.opset} is newer than this torch can export "
                         f"(17 to {newest})")
-    check_hw = parse_hw(args.check_size, "--check-size")
+    if args.check_size and not args.fp16:
+        raise UserError("--check-size sizes the FP16 graph's accuracy check: add --fp16 (the "
+                        "FP32 export is checked at its own size)")
+    check_hw = parse_hw(args.check_size or "1080x1920", "--check-size")
     if Path(args.output).suffix.lower() != ".onnx":
         raise UserError(f"-o/--output must end in .onnx, got {args.output}")
     profile = None
@@ -141,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                  (("min", args.min), ("opt", args.opt), ("max", args.max))]
         profile = make_profile(*sizes, batch=args.batch)
         import_tensorrt()  # one line naming the extra when it is missing
+        if not args.no_check:
+            from refusion.export.tensorrt_build import engine_check_problem
+
+            if engine_check_problem():  # before the ONNX export and the build, not after
+                raise UserError("--engine: the engine's accuracy check runs it on the GPU "
+                                "through torch, and this torch has no CUDA: install a CUDA "
+                                "build of torch, or skip the check with --no-check")
     elif args.min or args.opt or args.max or args.batch != 1:
         raise UserError("--min/--opt/--max/--batch shape the TensorRT engine: add --engine PLAN")
     if args.checkpoint and args.weights:
