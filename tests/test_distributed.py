@@ -62,6 +62,26 @@ def _run(rank: int, world: int, port: int, root: str, out: str, batch: int, extr
         state = {f"{n}.{k}": v for n, m in tr.networks.items() for k, v in m.state_dict().items()}
         torch.save(state, Path(out) / "weights.pt")
     shutdown()
+    (Path(out) / f"done-{rank}").touch()  # training and the process group's end both returned
+
+
+def _spawn(world: int, args: tuple, out: Path) -> None:
+    """``mp.spawn`` that tolerates one failure mode only: a rank aborted (SIGABRT) by gloo's
+    threads at interpreter exit, after every rank had finished training and left the process
+    group. Seen twice in CI runs on a loaded 2-core machine ("terminate called without an
+    active exception" in rank 1), never reproduced alone; what this test checks is already
+    written then. Any other failure, or an abort before a rank finished, still fails."""
+    import signal
+    import warnings
+
+    try:
+        mp.spawn(_train, args=args, nprocs=world, join=True)
+    except mp.ProcessExitedException as exc:
+        finished = all((out / f"done-{r}").exists() for r in range(world))
+        if exc.exit_code != -signal.SIGABRT or not finished:
+            raise
+        warnings.warn(f"rank {exc.error_index} aborted at exit after finishing: {exc}",
+                      RuntimeWarning, stacklevel=2)
 
 
 @pytest.mark.parametrize(("first_order", "native"), [(False, True), (True, True), (False, False)],
@@ -71,8 +91,8 @@ def test_two_processes_match_one(tmp_path, first_order, native):
     write_pairs(make_pairs("mfif", ["camera", "coins"], 2, 0, side=40), root, "mfif")
     extra = [f"meta.first_order={str(first_order).lower()}"]
     _train(0, 1, 0, str(root), str(tmp_path / "one"), 4, extra, native)
-    mp.spawn(_train, args=(2, _free_port(), str(root), str(tmp_path / "two"), 2, extra, native),
-             nprocs=2, join=True)
+    _spawn(2, (2, _free_port(), str(root), str(tmp_path / "two"), 2, extra, native),
+           tmp_path / "two")
     one = torch.load(tmp_path / "one" / "weights.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "weights.pt", weights_only=True)
     assert one.keys() == two.keys()
