@@ -41,6 +41,18 @@ def test_checker_and_float32_io(graphs):
     assert census.double_tensors(m16) == []
 
 
+def test_newer_opsets_emit_only_reviewed_ops():
+    # from opset 20 the exporter writes GELU as the Gelu op, not through Erf
+    import torch
+
+    torch.manual_seed(0)
+    net = FusionNet(FusionConfig(dim=8, blocks=1, heads=2)).eval()
+    m20 = oe.simplify(oe.trace_to_onnx(net, opset=20))
+    assert census.unexpected_ops(m20) == [] and census.unsupported_by_tensorrt(m20) == []
+    m16, _ = f16.convert_to_fp16(oe.simplify(oe.trace_to_onnx(net, opset=20, layer_norm="op")))
+    assert census.unexpected_ops(m16) == [] and census.unsupported_by_tensorrt(m16) == []
+
+
 def test_islands_are_fp32_and_the_rest_fp16(graphs):
     _, m16, islands = graphs
     types = f16.float_types(m16)
