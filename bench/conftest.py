@@ -20,8 +20,11 @@ def _threads() -> None:
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Record the libraries, native build, GPU and load with the results, so that a report
-    made later (or elsewhere) from the JSON describes the machine that measured them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    made later (or elsewhere) from the JSON describes the machine that measured them
+    (pytest-benchmark asks when it saves, at the end: the load average includes the run)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     from report import machine
 
     machine_info["refusion"] = machine()

@@ -90,7 +90,7 @@ def machine() -> dict[str, str]:
     except ImportError:
         info["tensorrt"] = "not installed"
     with contextlib.suppress(OSError):
-        info["load average (1/5/15 min) when measured"] = " ".join(
+        info["load average (1/5/15 min) at the end of the run"] = " ".join(
             Path("/proc/loadavg").read_text().split()[:3])
     info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     try:

@@ -202,8 +202,7 @@ class VideoPipeline:
         live = reader.live if retime is None else retime
         self.retime = ConstantRate(reader.fps) if live else None
         self.batch_size = max(1, batch_size)
-        # the infer stage batches from this queue: smaller than a batch, it would cap the batch
-        self.q_in: queue.Queue = queue.Queue(maxsize=max(1, queue_size, self.batch_size))
+        self.q_in: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.q_out: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.stop_reading = threading.Event()
         self.abort = threading.Event()
@@ -289,8 +288,10 @@ class VideoPipeline:
                 items = [item]
                 # a file's frames wait for a full batch (throughput is what batching is for,
                 # and a backend compiled for the batch would otherwise pad short ones with
-                # copies); a camera's batch takes what is waiting, not to add latency
-                wait = self.backend.compiles_per_shape or not self.reader.live
+                # copies; the queue's size no longer caps the batch); a camera's batch takes
+                # what is waiting, so that batching never holds a frame back (a backend
+                # compiled for the batch pads a short camera batch instead)
+                wait = not self.reader.live
                 while len(items) < self.batch_size:
                     if wait:
                         nxt = self._get(self.q_in)

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refusion.imaging import Normalize, PreparedPair, RangeTracker, compose, prepare_pair
+from refusion.imaging import (
+    GRAY_TOLERANCE,
+    Normalize,
+    PreparedPair,
+    RangeTracker,
+    compose,
+    is_gray,
+    prepare_pair,
+)
 
 
 def stack_inputs(pairs: Sequence[PreparedPair]) -> np.ndarray:
@@ -49,14 +57,22 @@ class FramePreprocessor:
     gray: bool = False
     smoothing: float = 0.9
     trackers: tuple[RangeTracker, RangeTracker] = field(init=False)
+    grey: list[bool | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.trackers = (RangeTracker(smoothing=self.smoothing),
                          RangeTracker(smoothing=self.smoothing))
+        # grey or colour, per source, decided by its first frame: a dim, barely coloured clip
+        # judged frame by frame would switch its chroma on and off (colour flicker)
+        self.grey = [None, None]
 
     def pre(self, ir: np.ndarray, vis: np.ndarray) -> PreparedPair:
         """Lumas and chroma of one frame pair (same ``H x W``)."""
-        p = prepare_pair(ir, vis, "ir", "vis", trackers=self.trackers)
+        for i, frame in enumerate((ir, vis)):
+            if self.grey[i] is None and frame.ndim == 3 and frame.shape[2] >= 3:
+                self.grey[i] = is_gray(frame[..., :3], GRAY_TOLERANCE)
+        p = prepare_pair(ir, vis, "ir", "vis", trackers=self.trackers,
+                         gray=(self.grey[0], self.grey[1]))
         if self.gray:
             p.chroma = None
         return p

@@ -325,8 +325,8 @@ class PairReader:
 
         By position, one missing frame would shift every later pair by a frame, with only a
         length warning to show for it. Frames whose name the other folder lacks are left out,
-        and a warning counts them; folders named differently (``ir_0001`` / ``vis_0001``) keep
-        pairing by position.
+        and a warning counts them. Folders named differently (``ir_0001`` / ``vis_0001``), or
+        sharing names for fewer than half of their frames, keep pairing by position.
         """
         ir, vis = self.ir, self.vis
         assert ir is not None and vis is not None
@@ -335,7 +335,11 @@ class PairReader:
         ir_names = {f.stem: f for f in ir.files}
         vis_names = {f.stem: f for f in vis.files}
         common = ir_names.keys() & vis_names.keys()
-        if not common or (len(common) == len(ir_names) == len(vis_names)):
+        if len(common) == len(ir_names) == len(vis_names):
+            return
+        if 2 * len(common) < max(len(ir_names), len(vis_names)):
+            # a few names in common by chance (1..12 beside 01..12, or a calib.png in both)
+            # say nothing about the rest: by position, as before
             return
         for src, names, other in ((ir, ir_names, "vis"), (vis, vis_names, "ir")):
             alone = sorted((n for n in names if n not in common), key=lambda n: natural_key(
@@ -499,9 +503,10 @@ def homography_coverage(h: np.ndarray, ir_size: tuple[int, int],
     """Share of the visible frame that the infrared frame covers under ``h`` (0..1).
 
     ``h`` maps infrared pixels to visible pixels; sizes are ``(W, H)``. Measured on a grid of
-    ``samples`` x ``samples`` visible pixels: a pixel counts when ``h^-1`` takes it in front
-    of the camera (w > 0) into the infrared frame. Elsewhere the warped infrared frame is only
-    its border repeated, so a low share means the fused frame carries little infrared.
+    ``samples`` x ``samples`` visible pixels: a pixel counts when ``h^-1`` takes it into the
+    infrared frame, as ``cv2.warpPerspective`` samples it (any sign of the homogeneous w, so
+    ``h`` and ``-h`` cover the same). Elsewhere the warped infrared frame is only its border
+    repeated, so a low share means the fused frame carries little infrared.
     """
     vw, vh = vis_size
     iw, ih = ir_size
@@ -513,7 +518,7 @@ def homography_coverage(h: np.ndarray, ir_size: tuple[int, int],
     w = q[2]
     with np.errstate(divide="ignore", invalid="ignore"):
         x, y = q[0] / w, q[1] / w
-    inside = (w > 1e-12) & (x >= -0.5) & (x <= iw - 0.5) & (y >= -0.5) & (y <= ih - 0.5)
+    inside = (np.abs(w) > 1e-12) & (x >= -0.5) & (x <= iw - 0.5) & (y >= -0.5) & (y <= ih - 0.5)
     return float(inside.mean())
 
 

@@ -146,8 +146,8 @@ def unit_float_to_255(img: np.ndarray) -> np.ndarray:
 
 
 #: channels this many 8-bit levels apart still count as grey in :func:`split_luma`: a grey
-#: camera's frames decoded from a lossy video (H.264, mp4v) differ by a level or two
-# levels: the grey infrared clips of M3SVD (H.264) come back with channels up to 3 apart
+#: camera's frames decoded from a lossy video differ by a few (the M3SVD infrared clips,
+#: H.264, by up to 3)
 GRAY_TOLERANCE = 4
 
 
@@ -173,12 +173,14 @@ def to_float255(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def split_luma(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def split_luma(img: np.ndarray, gray: bool | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Return ``(Y/255 as float32 (H, W), CrCb float32 (H, W, 2) or None for grey)``.
 
-    Grey: one channel, or three within :data:`GRAY_TOLERANCE` levels of each other."""
+    Grey: one channel, or three within :data:`GRAY_TOLERANCE` levels of each other; ``gray``
+    makes that decision for a three-channel image instead (a video stream decides once, so
+    that its frames do not switch between grey and colour)."""
     f = to_float255(img)
-    if is_gray(img, GRAY_TOLERANCE):
+    if img.ndim == 2 or (is_gray(img, GRAY_TOLERANCE) if gray is None else gray):
         y = f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_BGR2YCrCb)[..., 0]
         return np.ascontiguousarray(y / 255.0, dtype=np.float32), None
     ycrcb = cv2.cvtColor(f, cv2.COLOR_BGR2YCrCb)
@@ -320,6 +322,7 @@ def prepare_pair(
     name_b: str = "b",
     *,
     trackers: tuple[RangeTracker | None, RangeTracker | None] = (None, None),
+    gray: tuple[bool | None, bool | None] = (None, None),
 ) -> PreparedPair:
     """Lumas and output chroma of a pair (see the module docstring for the colour rule).
 
@@ -329,6 +332,8 @@ def prepare_pair(
         name_a, name_b: names used in error messages.
         trackers: per-source :class:`RangeTracker` for 16-bit video frames (smoothed bounds);
             ``None`` maps a 16-bit image by its own percentiles.
+        gray: per source, whether a three-channel image counts as grey (``None``: decided
+            from the image, see :func:`split_luma`).
     """
     img_a, img_b = check_source(img_a, name_a), check_source(img_b, name_b)
     if img_a.shape[:2] != img_b.shape[:2]:
@@ -340,8 +345,8 @@ def prepare_pair(
         img_a = to_display255(img_a, trackers[0])
     if img_b.dtype == np.uint16:
         img_b = to_display255(img_b, trackers[1])
-    ya, ca = split_luma(img_a)
-    yb, cb = split_luma(img_b)
+    ya, ca = split_luma(img_a, gray[0])
+    yb, cb = split_luma(img_b, gray[1])
     if ca is None:
         chroma = cb
     elif cb is None:

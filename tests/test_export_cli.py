@@ -73,6 +73,8 @@ def test_one_line_errors(ckpt, tmp_path, capsys):
     assert "--check-size" in _error([str(ckpt), *o, "--fp16", "--check-size", "big"], capsys)
     # it sizes the FP16 check only: without --fp16 it used to be ignored without a word
     assert "add --fp16" in _error([str(ckpt), *o, "--check-size", "64x64"], capsys)
+    assert "skipped with --no-check" in _error([str(ckpt), *o, "--fp16", "--no-check",
+                                                "--check-size", "64x64"], capsys)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint at all")
     assert "refusion-export: error:" in _error([str(bad), *o], capsys)

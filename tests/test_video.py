@@ -830,7 +830,8 @@ def test_homography_files_are_judged_up_to_scale_and_by_coverage(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["weights", "estimate-with-output", "empty-weights",
-                                  "calib", "off-frame", "estimate-suffix", "bad-checkpoint"])
+                                  "calib", "off-frame", "estimate-suffix", "bad-checkpoint",
+                                  "task"])
 def test_more_video_option_errors(tmp_path, ckpt, capsys, case):
     ir_dir, vis_dir = _frame_folders(tmp_path, n=3)
     mine = tmp_path / "mine.safetensors"
@@ -852,6 +853,9 @@ def test_more_video_option_errors(tmp_path, ckpt, capsys, case):
                             "write a .json or .npy file"),
         "bad-checkpoint": (["-o", str(tmp_path / "o.mp4"), "--weights", str(far)],
                            "neither a refusion .safetensors checkpoint nor a torch .pth"),
+        # the option is named as given (a loop over outputs once renamed it --stats-json)
+        "task": (["-o", str(tmp_path / "o.mp4"), "--weights", str(ckpt), "--task", "mif"],
+                 f"error: --weights {ckpt} was trained for 'ivif', not 'mif'"),
     }[case]
     with pytest.raises(SystemExit) as exc:
         main(base + args)
@@ -859,3 +863,82 @@ def test_more_video_option_errors(tmp_path, ckpt, capsys, case):
     assert exc.value.code == 2 and needle in err[-1], err
     assert not any(" -> " in line for line in err)  # failed before the run's banner
     assert mine.read_bytes() == ckpt.read_bytes() and not (tmp_path / "o.mp4").exists()
+
+
+def test_a_camera_batch_is_not_held_for_a_full_batch(monkeypatch, tmp_path):
+    # with a backend compiled for batch 4, a camera that stalls after two frames used to have
+    # both held until two more came (never): nothing written, and a Ctrl-C lost them
+    import threading
+
+    import refusion.engine.pipeline as pipeline_module
+
+    monkeypatch.setattr(cv2, "VideoCapture", _FakeCamera)
+    monkeypatch.setattr(pipeline_module, "ABORT_GRACE_S", 0.2)
+    reader = PairReader(FrameSource(0, "ir"), FrameSource(9, "vis"))  # 9 stalls
+    be = _ShapeRecorder(FusionNet(TINY), threads=1, retain_memory=False)
+    pipe = VideoPipeline(reader, be, tmp_path / "live.mp4", progress=False, batch_size=4,
+                         retime=False)
+    t = threading.Thread(target=lambda: _swallow(pipe.run), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while pipe.stats.frames < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    written = pipe.stats.frames
+    pipe.stop_reading.set()
+    pipe.abort.set()
+    t.join(10)
+    assert written == 2, written  # the two frames the camera gave, each in a padded batch
+    assert set(be.shapes) == {(4, 2, 6, 8)}
+
+
+def _swallow(fn):
+    import contextlib
+
+    with contextlib.suppress(BaseException):  # the test aborts the run on purpose
+        fn()
+
+
+def test_folders_sharing_a_few_names_by_chance_pair_by_position(tmp_path):
+    ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vis"
+    ir_dir.mkdir()
+    vis_dir.mkdir()
+    for i in range(1, 13):  # 1..12 beside 01..12: only 10, 11 and 12 coincide
+        img = np.full((8, 8), i, np.uint8)
+        cv2.imwrite(str(ir_dir / f"{i}.png"), img)
+        cv2.imwrite(str(vis_dir / f"{i:02d}.png"), img)
+    reader = PairReader(FrameSource(ir_dir, "ir"), FrameSource(vis_dir, "vis"))
+    assert not reader.stats.warnings
+    pairs = []
+    while (got := reader.read()) is not None:
+        pairs.append((int(got[0][0, 0]), int(got[1][0, 0])))
+    assert pairs == [(i, i) for i in range(1, 13)]
+
+
+def test_a_video_stream_is_judged_grey_or_colour_once():
+    from refusion.engine.preprocess import FramePreprocessor
+
+    pre = FramePreprocessor()
+    grey = np.full((8, 8), 90, np.uint8)
+    tinted = np.dstack([grey, grey, grey + 12])  # a colour cast on the first frame
+    nearly = np.dstack([grey, grey, grey + 2])  # a later, dimmer frame of the same clip
+    assert pre.pre(grey, tinted).chroma is not None
+    assert pre.pre(grey, nearly).chroma is not None  # still colour: no flicker
+    fresh = FramePreprocessor()
+    assert fresh.pre(grey, nearly).chroma is None  # judged alone, it is grey
+
+
+def test_coverage_is_the_same_for_a_homography_and_its_negative():
+    from refusion.engine.video import homography_coverage
+
+    h = np.array([[0.0, 0, 64], [0, 3072, 0], [1, 0, 0]])  # H[2, 2] = 0: not normalised
+    assert homography_coverage(h, (64, 48), (64, 48)) == homography_coverage(-h, (64, 48),
+                                                                              (64, 48))
+    assert homography_coverage(-np.eye(3), (64, 48), (64, 48)) == 1.0
+
+
+def test_estimating_a_homography_needs_no_weights(tmp_path, capsys):
+    ir_dir, vis_dir = _frame_folders(tmp_path, n=3)
+    out = tmp_path / "h.json"
+    assert main(["--ir", str(ir_dir), "--vis", str(vis_dir), "--estimate-homography", str(out),
+                 "--weights", "no-such-weights", "-q"]) == 0
+    assert "homography" in json.loads(out.read_text())

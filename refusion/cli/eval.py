@@ -65,8 +65,8 @@ def table_format(fmt: str | None, output: str | None) -> str:
     if fmt is None:
         return by_ext or "md"
     if by_ext is not None and by_ext != fmt:
-        raise UserError(f"--format {fmt} contradicts --output {output} (a .{by_ext} name); "
-                        f"rename the file or drop --format")
+        raise UserError(f"--format {fmt} contradicts --output {output} (a "
+                        f"{Path(output).suffix} name); rename the file or drop --format")
     return fmt
 
 

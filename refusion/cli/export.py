@@ -132,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if newest is not None and args.opset > newest:
         raise UserError(f"--opset {args.opset} is newer than this torch can export "
                         f"(17 to {newest})")
-    if args.check_size and not args.fp16:
-        raise UserError("--check-size sizes the FP16 graph's accuracy check: add --fp16 (the "
-                        "FP32 export is checked at its own size)")
+    if args.check_size is not None and (not args.fp16 or args.no_check):
+        raise UserError("--check-size sizes the FP16 graph's accuracy check: "
+                        + ("it is skipped with --no-check" if args.fp16 else "add --fp16 (the "
+                           "FP32 export is checked at its own sizes)"))
     check_hw = parse_hw(args.check_size or "1080x1920", "--check-size")
     if Path(args.output).suffix.lower() != ".onnx":
         raise UserError(f"-o/--output must end in .onnx, got {args.output}")

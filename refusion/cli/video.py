@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "none (default 30); a video file's own rate wins")
     src.add_argument("--ir-fps", type=float, metavar="FPS",
                      help="frame rate of the --ir input alone (a folder of frames recorded at "
-                          "another rate than the visible one); overrides --fps for it")
+                          "another rate than the visible one); overrides --fps for it (a "
+                          "video file's own rate still wins)")
     src.add_argument("--vis-fps", type=float, metavar="FPS",
                      help="frame rate of the --vis input alone; overrides --fps for it")
     p.add_argument("-o", "--output", help="output .mp4")
@@ -185,7 +186,10 @@ def _run(args: argparse.Namespace) -> int:
     option = "--weights"
     if args.weights is None and os.environ.get("REFUSION_WEIGHTS"):
         args.weights, option = os.environ["REFUSION_WEIGHTS"], "$REFUSION_WEIGHTS"
-    weights = resolve_weights(args.weights, args.task, option)
+    # resolved before any input is opened, and an input no output may overwrite; an estimate
+    # of the alignment uses no weights, so a wrong one does not stop it
+    weights = None if args.estimate_homography else resolve_weights(args.weights, args.task,
+                                                                     option)
     reader = _reader(args)
     aligned = args.homography or args.estimate_homography  # given, or being measured now
     stretched = None if aligned else stretch_warning(reader.ir_size, reader.vis_size)
@@ -196,7 +200,8 @@ def _run(args: argparse.Namespace) -> int:
     # no output may land on an input file (a camera index is not a file) or on another output
     inputs = [(f"--{k}", getattr(args, k)) for k in ("ir", "vis", "sbs", "homography")]
     inputs = [(k, v) for k, v in inputs if v is not None and not str(v).isdigit()]
-    inputs.append((option, weights))  # the user's checkpoint (or the shipped one) is theirs
+    if weights is not None:
+        inputs.append((option, weights))  # the user's checkpoint (or the shipped one)
     outputs = [("-o", args.output), ("--preview", args.preview),
                ("--stats-json", args.stats_json),
                ("--estimate-homography", args.estimate_homography)]
@@ -212,20 +217,20 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("-o/--output is required")
     out = Path(args.output)
     try:
-        for option, path in (("-o", out), ("--preview", args.preview)):
+        for flag, path in (("-o", out), ("--preview", args.preview)):
             if path and Path(path).suffix.lower() != ".mp4":
-                raise UserError(f"{option} {path}: the output must be an .mp4 file")
+                raise UserError(f"{flag} {path}: the output must be an .mp4 file")
         for name in ("max_frames", "batch_size", "queue"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        for option, path in (("-o", out), ("--preview", args.preview),
-                             ("--stats-json", args.stats_json)):
+        for flag, path in (("-o", out), ("--preview", args.preview),
+                           ("--stats-json", args.stats_json)):
             if path:  # all before the first frame: the stats are written after the last one
                 try:
                     ensure_writable(path)
                 except UserError as exc:
-                    raise UserError(f"{option}: {exc}") from None
+                    raise UserError(f"{flag}: {exc}") from None
         check_task(weights, args.task, f"{option} {weights_label(args.weights, weights)}")
         if not str(weights).lower().endswith((".onnx", ".plan", ".engine", ".trt")):
             # a bad checkpoint fails here, before the run's banner (the backend loads it only

@@ -303,7 +303,6 @@ def evaluate_folders(a_dir: str | Path, b_dir: str | Path,
         convs = parse_convention_spec(convention, names)
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(exc.args[0]) from None
-    convs = {m: convs[m] for m in names}  # a convention for an unscored metric is not shown
     fdirs = [Path(d) for d in fused_dirs]
     seen: dict[Path, Path] = {}
     for d in fdirs:

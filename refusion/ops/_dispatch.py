@@ -40,9 +40,10 @@ def _transformed() -> bool:
     references, which torch differentiates in every mode, serve these calls."""
     if torch.compiler.is_compiling():
         # While dynamo traces, the functorch interpreter stack is never empty (transform or
-        # not), so it tells nothing; the forward-AD level is what dynamo raises for jvp,
-        # torch.func.grad and dual levels, and leaves at -1 in a plain compiled function
-        # (measured on torch 2.13). Returning False here used to give a compiled jvp of 0.
+        # not), so it tells nothing; the forward-AD level is what dynamo raises for jvp and
+        # dual levels, and leaves at -1 in a plain compiled function (measured on torch 2.13).
+        # Returning False here used to give a compiled jvp of 0. A compiled torch.func.grad
+        # is not seen (it reaches the op, which torch refuses under functorch: an error).
         return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
     functorch = getattr(torch._C, "_functorch", None)
     if functorch is not None and functorch.peek_interpreter_stack() is not None:
