@@ -424,12 +424,17 @@ def run_engine(trt, plan: bytes, x):
     if engine is None:
         raise UserError("TensorRT could not deserialize the plan it just built")
     ctx = engine.create_execution_context()
-    ctx.set_input_shape(INPUT_NAME, tuple(x.shape))
+    if not ctx.set_input_shape(INPUT_NAME, tuple(x.shape)):
+        raise UserError(f"TensorRT refused the check input shape {tuple(x.shape)} (outside the "
+                        "engine's optimisation profile)")
     inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).cuda()
     out = torch.empty((x.shape[0], 1, *x.shape[2:]), dtype=torch.float32, device="cuda")
     ctx.set_tensor_address(INPUT_NAME, inp.data_ptr())
     ctx.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-    stream = torch.cuda.current_stream()
+    # a stream of its own: on the legacy default stream enqueueV3 adds synchronisations
+    # (and TensorRT warns), as the runtime backend avoids too
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the uploads above are on that one
     if not ctx.execute_async_v3(stream.cuda_stream):
         raise UserError("TensorRT failed to run the engine")
     stream.synchronize()
