@@ -87,6 +87,7 @@ def test_fuse_folder_mode_checks_every_destination(photo_pair, ckpt, tmp_path, c
     err = _error(main, [str(da), str(db), "-o", str(out), "--panel", "--weights", str(ckpt)],
                  capsys)
     assert f"{out / 'x_panel.png'} is also" in err and "its own path" in err
+    assert "pair 'x'" in err and "pair 'x_panel'" in err  # which two pairs meet
     assert not out.exists()
 
 

@@ -92,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refusion-fuse: warning: {len(unmatched)} images without a partner skipped: "
               f"{', '.join(unmatched[:3])}{more}", file=sys.stderr)
     # every destination (panels too) must differ from every source and from each other
-    dests = [(f"-o {out}:" if folder else "-o", d) for pair in pairs
-             for d in _outputs(pair, out, folder, ext)[: 2 if args.panel else 1]]
+    # (labelled by pair, so that a collision says which two pairs meet in one file)
+    dests = [(f"-o {out}: the {kind} of pair {pair.stem!r}," if folder else "-o", d)
+             for pair in pairs
+             for kind, d in zip(("image", "panel"),
+                                _outputs(pair, out, folder, ext)[: 2 if args.panel else 1])]
     check_outputs(dests, [("source", p) for pair in pairs for p in (pair.a, pair.b)])
     fuser = Fuser(args.weights, task=args.task, backend=name, device=args.device,
                   normalize=args.normalize, gray=args.gray, **options)
