@@ -23,7 +23,7 @@ _EXPORTED = (".onnx",)
 _PLANS = (".plan", ".engine", ".trt")
 
 
-def _kind(weights: Any) -> str:
+def weights_kind(weights: Any) -> str:
     """``module``, ``onnx``, ``plan`` or ``checkpoint``."""
     if hasattr(weights, "state_dict"):  # an nn.Module (torch stays unimported until needed)
         return "module"
@@ -36,7 +36,7 @@ def _kind(weights: Any) -> str:
 
 
 def _check_exists(weights: Any) -> None:
-    if _kind(weights) != "module" and not Path(weights).is_file():
+    if weights_kind(weights) != "module" and not Path(weights).is_file():
         raise UserError(f"--weights not found: {weights}")
 
 
@@ -48,9 +48,9 @@ def _cuda_available() -> bool:
 
 def _onnx_for(weights: Any, cache: str | os.PathLike | None) -> Path:
     """An ONNX file for ``weights``: itself, or a cached export of the checkpoint/module."""
-    if _kind(weights) == "onnx":
+    if weights_kind(weights) == "onnx":
         return Path(weights)
-    if _kind(weights) == "plan":
+    if weights_kind(weights) == "plan":
         raise UserError(f"--weights {weights}: a TensorRT plan only runs with --backend tensorrt")
     from refusion.engine.backends.torch_backend import load_module
     from refusion.engine.onnx_cache import cached_onnx
@@ -59,7 +59,7 @@ def _onnx_for(weights: Any, cache: str | os.PathLike | None) -> Path:
 
 
 def _plan_for(weights: Any, device: str) -> Path:
-    if _kind(weights) == "plan":
+    if weights_kind(weights) == "plan":
         return Path(weights)
     try:
         from refusion.export import build_engine  # type: ignore[attr-defined]
@@ -71,7 +71,7 @@ def _plan_for(weights: Any, device: str) -> Path:
     import tensorrt as trt
     import torch
 
-    src = _onnx_for(weights, None) if _kind(weights) != "onnx" else Path(weights)
+    src = _onnx_for(weights, None) if weights_kind(weights) != "onnx" else Path(weights)
     major, minor = torch.cuda.get_device_capability(torch.device(device))
     plan = plan_cache_path(src, trt.__version__, f"{major}.{minor}")
     if not plan.is_file():
@@ -156,7 +156,7 @@ _OPTIONS = {
 
 
 def _make(name: str, weights: Any, device: str, cache: Any, options: dict) -> Backend:
-    kind = _kind(weights)
+    kind = weights_kind(weights)
     # options meant for another backend (e.g. ORT's spin for a torch run) are dropped; unknown
     # ones still reach the class and fail there
     foreign = set().union(*_OPTIONS.values()) - _OPTIONS[name]
@@ -191,7 +191,7 @@ def auto_candidates(weights: Any, device: str) -> list[tuple[str, str, str]]:
     from refusion.engine.backends.onnxruntime_backend import available_providers
     from refusion.engine.backends.tensorrt_backend import tensorrt_available
 
-    kind = _kind(weights)
+    kind = weights_kind(weights)
     providers = available_providers()
     cuda = device.startswith("cuda")
     out: list[tuple[str, str, str]] = []
@@ -222,7 +222,7 @@ def _auto(weights: Any, device: str, cache: Any, options: dict) -> Backend:
             return _make(name, weights, dev, cache, opts)
         except UserError as exc:  # e.g. no plan can be built: try the next one
             errors.append(f"{name}/{dev}: {exc}")
-    if not errors and _kind(weights) == "plan":
+    if not errors and weights_kind(weights) == "plan":
         from refusion.engine.backends.tensorrt_backend import tensorrt_available
 
         why = tensorrt_available()[1] if device.startswith("cuda") else f"device {device}"

@@ -17,6 +17,7 @@ Alignment: the infrared frame is resized to the visible frame's size, or, with a
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import numpy as np
 
 from refusion.errors import UserError
 from refusion.imaging import list_image_folder, read_image
-from refusion.utils.atomic import atomic_write_text
+from refusion.utils.atomic import atomic_write_bytes, atomic_write_text
 
 DEFAULT_FPS = 30.0
 
@@ -528,10 +529,6 @@ def save_homography(path: str | os.PathLike, h: np.ndarray, **info: object) -> P
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        import io
-
-        from refusion.utils.atomic import atomic_write_bytes
-
         buf = io.BytesIO()
         np.save(buf, np.asarray(h, np.float64), allow_pickle=False)
         atomic_write_bytes(p, buf.getvalue())

@@ -26,6 +26,7 @@ from refusion.engine import BACKENDS, create_backend
 from refusion.engine.fuser import check_task
 from refusion.engine.pipeline import VideoPipeline
 from refusion.engine.preprocess import FramePreprocessor
+from refusion.engine.registry import weights_kind
 from refusion.engine.video import (
     HOMOGRAPHY_SUFFIXES,
     Aligner,
@@ -232,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
                 except UserError as exc:
                     raise UserError(f"{flag}: {exc}") from None
         check_task(weights, args.task, f"{option} {weights_label(args.weights, weights)}")
-        if not str(weights).lower().endswith((".onnx", ".plan", ".engine", ".trt")):
+        if weights_kind(weights) == "checkpoint":
             # a bad checkpoint fails here, before the run's banner (the backend loads it only
             # when the pipeline starts)
             from refusion.checkpoint import load_fusion_model
