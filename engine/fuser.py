@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from refusion.engine.base import Backend
 from refusion.engine.preprocess import stack_inputs
-from refusion.engine.registry import create_backend
+from refusion.engine.registry import check_exists, create_backend
 
 from refusion.errors import UserError
 from refusion.imaging import Normalize, PreparedPair, compose, prepare_pair
@@ -118,8 +118,7 @@ class Fuser:
             self.label = type(weights).__name__
         else:
             resolved = resolve_weights(None if weights is None else str(weights), task)
-            if not os.path.isfile(resolved):  # here, not at the first fusion, lazy as it is
-                raise UserError(f"--weights not found: {resolved}")
+            check_exists(resolved)  # here, not at the first fusion, lazy as the backend is
             self.label = weights_label(None if weights is None else str(weights), resolved)
             check_task(resolved, task, f"--weights {self.label}")
             self.weights = resolved

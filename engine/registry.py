@@ -35,7 +35,8 @@ def weights_kind(weights: Any) -> str:
     return "checkpoint"
 
 
-def _check_exists(weights: Any) -> None:
+def check_exists(weights: Any) -> None:
+    """One-line :class:`UserError` when ``weights`` (not a module) is no file."""
     if weights_kind(weights) != "module" and not Path(weights).is_file():
         raise UserError(f"--weights not found: {weights}")
 
@@ -120,7 +121,7 @@ def create_backend(
     """
     if name not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    _check_exists(weights)
+    check_exists(weights)
     device = str(device)  # a torch.device ("cuda:1") is accepted as its text
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
