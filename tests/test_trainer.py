@@ -86,30 +86,46 @@ def test_warmup_schedule_prepends_fusion_steps_as_epoch_0():
         _cfg(Path("."), "schedule.warmup_steps=-1")
 
 
-def test_warmup_equals_a_fusion_only_run_resumed_with_meta_steps(mf_data, tmp_path):
-    """``schedule.warmup_steps=W`` is exactly what tests/test_trainer_multifocus.py does by hand:
-    W fusion steps with P untouched, then Algorithm 1 resumed from that checkpoint."""
+def test_warmup_trains_f_alone_then_runs_algorithm_1(mf_data, tmp_path):
+    """``schedule.warmup_steps=W``: W steps that train F with the fixed loss while P and R keep
+    their initialisation (as in the first meta block of Algorithm 1), then the epochs as
+    usual, R included. For F and P this is exactly a fusion-only run of W steps with R frozen,
+    resumed with meta steps and R trained."""
     from refusion.train.trainer import load_run_config
 
-    one = Trainer(_cfg(mf_data, "schedule.warmup_steps=5", "schedule.epochs=1"),
-                  tmp_path / "one", quiet=True)
-    p0 = {k: v.clone() for k, v in one.proposal.state_dict().items()}
+    def nets(t: Trainer, name: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in _weights(t).items() if k.startswith(name + ".")}
+
+    one = Trainer(_cfg(mf_data, "schedule.warmup_steps=5", "schedule.epochs=1",
+                       "schedule.max_steps=5"), tmp_path / "one", quiet=True)
+    start = _weights(one)
+    one.fit()
+    after_warmup = _weights(one)
+    for name, same in (("fusion", False), ("proposal", True), ("reconstruction", True)):
+        equal = [torch.equal(start[k], v) for k, v in nets(one, name).items()]
+        assert all(equal) if same else not all(equal), name
+    one = Trainer(load_run_config(tmp_path / "one", ["schedule.max_steps=0"]), tmp_path / "one",
+                  resume=True, quiet=True)
     one.fit()
     assert one.step == 5 + 5
+    for name in ("fusion", "proposal", "reconstruction"):  # the epoch trains all three
+        assert not all(torch.equal(after_warmup[k], v) for k, v in nets(one, name).items()), name
+
     # by hand, the warm-up must last one epoch of the resumed schedule (2 meta + 3 fusion)
     by_hand = Trainer(_cfg(mf_data, "schedule.epochs=1", "schedule.meta_steps=0",
-                           "schedule.fusion_steps=5"), tmp_path / "hand", quiet=True)
+                           "schedule.fusion_steps=5", "optim.lr_reconstruction=0"),
+                      tmp_path / "hand", quiet=True)
     by_hand.fit()
-    assert all(torch.equal(p0[k], v) for k, v in by_hand.proposal.state_dict().items())
     cfg2 = load_run_config(tmp_path / "hand", ["schedule.epochs=2", "schedule.meta_steps=2",
-                                               "schedule.fusion_steps=3"])
+                                               "schedule.fusion_steps=3",
+                                               "optim.lr_reconstruction=1e-4"])
     resumed = Trainer(cfg2, tmp_path / "hand", resume=True, quiet=True)
     resumed.fit()
     assert resumed.step == 10
-    a, b = _weights(one), _weights(resumed)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert not all(torch.equal(p0[k], v) for k, v in one.proposal.state_dict().items())
+    for name in ("fusion", "proposal"):  # R differs: Adam at rate 0 still kept its moments
+        a, b = nets(one, name), nets(resumed, name)
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
 
 
 def test_resume_applies_new_learning_rates(mf_data, tmp_path):

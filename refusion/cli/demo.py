@@ -11,8 +11,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="meta-train a small model on generated pairs and compare it with averaging",
         description="Generates multi-focus (or multi-exposure) pairs from scikit-image's bundled "
         "photographs, meta-trains a small ReFusion with Algorithm 1 on the CPU for about a "
-        "minute on two cores (mfif: after a warm-up, with R kept at its initialisation; see "
-        "docs/training.md), fuses held-out pairs, prints metrics against plain averaging and "
+        "minute on two cores (mfif: after a warm-up of F alone; see docs/training.md), fuses "
+        "held-out pairs, prints metrics against plain averaging and "
         "the learnt V_a per region, and saves a side-by-side picture.",
     )
     p.add_argument("--task", choices=("mfif", "meif"), default="mfif")

@@ -107,3 +107,79 @@ def checkpoint_focus_agreement(ckpt: str | Path, pairs) -> FocusAgreement:
     from refusion.repro.run import pair_maps
 
     return v_focus_agreement((name, m["V_a"], a, b) for name, a, b, m in pair_maps(ckpt, pairs))
+
+
+# --------------------------------------------------------------- generated multi-focus pairs
+#: Blur of the out-of-focus regions of the generated pairs the focus recipe trains on.
+SYNTH_SIGMA = (3.0, 4.0)
+SYNTH_TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+SYNTH_HELD_OUT = ("coins",)  # textured everywhere: where both sources are flat, V is unconstrained
+
+
+def synthetic_focus_recipe(data_root: str | Path, *, warmup: int = 200, meta: int = 60,
+                           seed: int = 0) -> list[str]:
+    """Overrides of the ``mfif`` preset for a short run in which P learns a focus map.
+
+    ``warmup`` steps of F alone, then epochs of ``meta`` meta steps and ``warmup - meta`` fusion
+    steps (an epoch as long as the warm-up), a small F at 32x32, batch 4; F at Adam 1e-3 and P at
+    3e-3, so that minutes suffice; R at the preset's (the paper's) 1e-4. The schedule stops
+    after the warm-up (``schedule.max_steps``); resume with a larger one to go on.
+    tests/test_trainer_multifocus.py and docs/experiments/multifocus_epochs.py use it;
+    docs/training.md, Known limitations, says why each setting matters.
+    """
+    return [
+        f"data.root={data_root}", f"seed={seed}", f"schedule.warmup_steps={warmup}",
+        "schedule.epochs=1", f"schedule.meta_steps={meta}",
+        f"schedule.fusion_steps={warmup - meta}", f"schedule.max_steps={warmup}",
+        "schedule.patch=32", "schedule.batch=4", "fusion.dim=8", "fusion.blocks=1",
+        "fusion.heads=2", "proposal.width=8", "reconstruction.width=8",
+        "optim.lr_proposal=3e-3", "optim.lr_fusion=1e-3", "log.progress=false",
+        "log.tensorboard=false", "log.panel_every=100000", "log.checkpoint_every=100000",
+    ]
+
+
+def synthetic_focus_pairs(folder: str | Path) -> list:
+    """Write the recipe's training pairs (each in both source orders, so neither input channel
+    is in focus more often) under ``folder`` and return the held-out pairs to score."""
+    from refusion.train.synthetic import multifocus_pairs, write_pairs
+
+    train = multifocus_pairs(list(SYNTH_TRAIN_PHOTOS), 2, 0, side=96, sigma=SYNTH_SIGMA,
+                             both_orders=True)
+    write_pairs(train, Path(folder), "mfif")
+    return multifocus_pairs(list(SYNTH_HELD_OUT), 2, 5, side=96, sigma=SYNTH_SIGMA)
+
+
+def region_scores(proposal, fusion, pair) -> dict[str, float]:
+    """Mean V_a and fused/average sharpness (mean Sobel magnitude) in each focus region of a
+    generated pair (``pair.mask`` > 1/2 where source a is in focus).
+
+    Keys: ``v_a|A``, ``v_a|B`` (mean V_a where a / b is in focus), ``sharp|A``, ``sharp|B``.
+    """
+    import torch
+
+    from refusion.ops import sobel_grad
+
+    a, b = (torch.from_numpy(x)[None, None] for x in (pair.a, pair.b))
+    with torch.no_grad():
+        v_a = proposal(a, b).v_a[0, 0].numpy()
+        fused = fusion.fuse(a, b)
+    sharp_f = sobel_grad(fused)[0, 0].numpy()
+    sharp_avg = sobel_grad(0.5 * (a + b))[0, 0].numpy()
+    in_a = pair.mask > 0.5
+    if not (in_a.mean() > 0.2 and (~in_a).mean() > 0.2):
+        raise ValueError(f"{pair.name}: each focus region must cover a fifth of the image")
+    return {
+        "v_a|A": float(v_a[in_a].mean()), "v_a|B": float(v_a[~in_a].mean()),
+        "sharp|A": float(sharp_f[in_a].mean() / sharp_avg[in_a].mean()),
+        "sharp|B": float(sharp_f[~in_a].mean() / sharp_avg[~in_a].mean()),
+    }
+
+
+def favours_in_focus(scores: dict[str, float]) -> bool:
+    """V_a above 0.55 where a is in focus and below 0.45 where b is."""
+    return scores["v_a|A"] > 0.55 and scores["v_a|B"] < 0.45
+
+
+def sharper_than_average(scores: dict[str, float]) -> bool:
+    """The fused image at least 10 % sharper than averaging in both regions."""
+    return scores["sharp|A"] > 1.1 and scores["sharp|B"] > 1.1

@@ -80,10 +80,11 @@ class MetaConfig:
 class ScheduleConfig:
     """Algorithm 1's loop sizes (paper: L = 50, M = 600, N = 1622, batch 4, 128x128 patches).
 
-    ``warmup_steps`` (not in the paper; default 0) are fusion steps with P at its
-    initialisation (W = V = 1/2) before the first epoch, validated as an epoch of their own
-    (epoch 0, the paper's epochs then count from 1): meta steps on an untrained F carry almost
-    no signal for V (docs/training.md, Known limitations).
+    ``warmup_steps`` (not in the paper; default 0) are steps that train F alone with the
+    fixed loss (W = V = 1/2) before the first epoch, P and R left at their initialisation (as
+    the first meta block of Algorithm 1 sees R), validated as an epoch of their own (epoch 0,
+    the paper's epochs then count from 1): meta steps on an untrained F carry almost no
+    signal for V (docs/training.md, Known limitations).
     """
 
     epochs: int = 50

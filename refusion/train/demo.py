@@ -40,11 +40,12 @@ METRICS = ("EN", "SD", "SF", "AG", "Qabf")
 class DemoBudget:
     """How much the demo trains, and how (about 1-3 minutes on two CPU cores).
 
-    ``warmup``: fusion steps with P at its initialisation before Algorithm 1
-    (``schedule.warmup_steps``); ``freeze_r``: keep R at its initialisation
-    (``optim.lr_reconstruction=0``); ``both_orders``: every training pair also with its sources
-    swapped. The multi-focus demo uses all three: with them, P learns the paper's focus map in a
-    minute (docs/training.md, Known limitations, says why each matters).
+    ``warmup``: steps that train F alone with the fixed loss before Algorithm 1
+    (``schedule.warmup_steps``; P and R keep their initialisation); ``lr_reconstruction``: R's
+    Adam rate in Algorithm 1's fusion steps; ``both_orders``: every training pair also with its
+    sources swapped. The multi-focus demo uses a warm-up, the paper's rate for R (1e-4) and both
+    orders: with them, P learns the paper's focus map in a minute (docs/training.md, Known
+    limitations, says why each matters).
     """
 
     side: int = 160
@@ -56,14 +57,14 @@ class DemoBudget:
     batch: int = 4
     photos: int = len(TRAIN_PHOTOS)
     warmup: int = 0
-    freeze_r: bool = False
+    lr_reconstruction: float = 1e-3
     both_orders: bool = False
     lr_proposal: float = 1e-3
 
 
 BUDGETS = {
     "mfif": DemoBudget(per_photo=1, epochs=1, meta_steps=80, fusion_steps=220, patch=48,
-                       warmup=300, freeze_r=True, both_orders=True, lr_proposal=2e-3),
+                       warmup=300, lr_reconstruction=1e-4, both_orders=True, lr_proposal=2e-3),
     "meif": DemoBudget(),
 }
 
@@ -86,7 +87,7 @@ def _settings(b: DemoBudget, root: Path, seed: int) -> list[str]:
         # A small F (about 12k parameters) and faster learning rates, so minutes suffice.
         "fusion.dim=8", "fusion.blocks=1", "fusion.heads=2", "proposal.width=8",
         "reconstruction.width=8", "optim.lr_fusion=1e-3",
-        f"optim.lr_reconstruction={0 if b.freeze_r else 1e-3}",
+        f"optim.lr_reconstruction={b.lr_reconstruction}",
         f"optim.lr_proposal={b.lr_proposal}", "meta.inner_lr_fusion=1e-2",
         "meta.inner_lr_reconstruction=1e-2", "log.tensorboard=false", "log.panel_every=100000",
         f"log.checkpoint_every={10**9}",
@@ -94,11 +95,11 @@ def _settings(b: DemoBudget, root: Path, seed: int) -> list[str]:
 
 
 def _describe(b: DemoBudget) -> str:
-    text = (f"meta-training a small F: {b.warmup} warm-up fusion steps, then " if b.warmup
+    text = (f"meta-training a small F: {b.warmup} warm-up steps of F alone, then " if b.warmup
             else "meta-training a small F: ")
     text += f"{b.epochs} x ({b.meta_steps} meta + {b.fusion_steps} fusion) steps"
     text += f" at {b.patch}x{b.patch}, batch {b.batch}"
-    return text + ("; R kept at its initialisation (see docs/training.md)" if b.freeze_r else "")
+    return text
 
 
 def _scores(p: SynthPair, fused: np.ndarray) -> dict[str, float]:

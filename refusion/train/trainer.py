@@ -380,14 +380,21 @@ class Trainer:
     def _fusion_step(self, batch: dict) -> dict:
         c = self.cfg
         b = batch["fusion"].to(self.device)
+        # The warm-up trains F alone: R keeps its initialisation, as it has in the first meta
+        # block of Algorithm 1 (no fusion step precedes it), so the warm-up changes only F
+        # for that block (docs/training.md, Warm-up). L_r is still computed, for the log.
+        warmup = self.schedule.epoch(self.step) == 0
         out = meta.fusion_step_losses(self.fusion, self.proposal, self.recon, b,
                                       alpha1=c.loss.alpha1, alpha2=c.loss.alpha2)
         self.opt_f.zero_grad(set_to_none=True)
         self.opt_r.zero_grad(set_to_none=True)
         # F's parameters appear only in L_f and R's only in L_r (fused is detached), so one
         # backward of the sum gives Eq. 11's and Eq. 12's gradients separately.
-        (out.fusion.total + out.reconstruction.total).backward()
-        D.sync_module_grads([self.fusion, self.recon], self.dist)
+        if warmup:
+            out.fusion.total.backward()
+        else:
+            (out.fusion.total + out.reconstruction.total).backward()
+        D.sync_module_grads([self.fusion] if warmup else [self.fusion, self.recon], self.dist)
         row = {"phase": "fusion", "fusion": float(out.fusion.total.detach()),
                "fusion_int": float(out.fusion.intensity.detach()),
                "fusion_grad": float(out.fusion.gradient.detach()),
@@ -396,7 +403,8 @@ class Trainer:
         finite = math.isfinite(row["fusion"]) and math.isfinite(row["reconstruction"])
         self._guard(finite, "fusion")
         self.opt_f.step()
-        self.opt_r.step()
+        if not warmup:
+            self.opt_r.step()
         return row
 
     def _guard(self, finite: bool, phase: str) -> None:
