@@ -108,16 +108,22 @@ def override_key(item: str) -> tuple[str, str]:
     return key.strip(), raw
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML scalars)."""
+def apply_overrides(data: dict, overrides: Iterable[str],
+                    literal: Mapping[str, Any] | None = None) -> dict:
+    """Apply ``key.sub=value`` strings to a nested dict (values parsed as YAML scalars), then
+    ``literal`` ``{"key.sub": value}`` items as given (a command-line option's path, which YAML
+    would turn into a number, a boolean or cut at a ``#``)."""
     out = dict(data)
+    items = []
     for item in overrides:
         key, raw = override_key(item)
-        parts = key.split(".")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        items.append((key, value))
+    for key, value in [*items, *(literal or {}).items()]:
+        parts = key.split(".")
         node = out
         for p in parts[:-1]:
             child = node.get(p)

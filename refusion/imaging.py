@@ -111,8 +111,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"image not found: {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)
+    except OSError as exc:
+        raise UserError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as exc:
+        # e.g. a header declaring more pixels than OpenCV allows (CV_IO_MAX_IMAGE_PIXELS)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
+        raise UserError(f"cannot decode image: {p} ({reason.strip()})") from None
     if img is None:
         raise UserError(f"cannot decode image: {p}")
     if img.dtype not in (np.uint8, np.uint16, np.float32):

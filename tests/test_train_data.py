@@ -80,7 +80,7 @@ def test_bad_pairs_are_reported_by_name(tmp_path, capsys):
     # the two files share a name: the message tells them apart by folder
     a, b = tmp_path / "A" / "sizes.png", tmp_path / "B" / "sizes.png"
     assert f"{a} is 10x10, {b} is 10x12" in err
-    with pytest.raises(UserError, match="2 problem.*broken.*sizes"):
+    with pytest.raises(UserError, match="(?s)2 problem.*broken.*sizes"):
         check_and_load(discover_pairs(tmp_path), "fail")
 
 

@@ -321,8 +321,10 @@ def test_a_data_error_leaves_no_run_folder(tmp_path):
 def test_an_unwritable_run_folder_is_one_line(mf_data, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    for run, needle in ((blocker, "it is a file, not a folder"), (blocker / "run", "")):
-        with pytest.raises(UserError, match=f"cannot write into {run}: {needle}"):
+    for run, needle in ((blocker, f"cannot write into {blocker} \\(--out\\): it is a file"),
+                        (blocker / "run", f"cannot make {blocker / 'run'} \\(--out\\): "
+                                          f"{blocker} is a file")):
+        with pytest.raises(UserError, match=needle):
             Trainer(_cfg(mf_data), run, quiet=True)
     assert blocker.read_text() == "x"
 

@@ -15,6 +15,7 @@ About 4 minutes per seed and 3 epochs on one CPU thread.
 from __future__ import annotations
 
 import argparse
+import csv
 import tempfile
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def main() -> None:
                                         seed=args.seed)
         tr = Trainer(build_config("mfif", None, recipe + args.overrides), run, quiet=True)
         print(f"seed {args.seed}, R at Adam {tr.cfg.optim.lr_reconstruction:g}")
-        print("| after | V_a where a / b is in focus | fused/average sharpness | checks |")
-        print("|---|---|---|---|")
+        print("| after | V_a where a / b is in focus | fused/average sharpness | checks | "
+              "L_r of R (last logged step) |")
+        print("|---|---|---|---|---|")
         for epoch in range(args.epochs + 1):
             if epoch:
                 total = args.warmup * (epoch + 1)
@@ -61,7 +63,14 @@ def main() -> None:
             v = ", ".join(f"{m['v_a|A']:.3f} / {m['v_a|B']:.3f}" for m in scores)
             s = ", ".join(f"{m['sharp|A']:.2f} / {m['sharp|B']:.2f}" for m in scores)
             print(f"| {'warm-up' if not epoch else f'epoch {epoch}'} | {v} | {s} | "
-                  f"{'pass' if ok else 'fail'} |", flush=True)
+                  f"{'pass' if ok else 'fail'} | {_last_reconstruction_loss(run):.3f} |",
+                  flush=True)
+
+
+def _last_reconstruction_loss(run: Path) -> float:
+    """L_r of the last row of the run's metrics.csv that logs a fusion step."""
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return float(next(r["reconstruction"] for r in reversed(rows) if r["phase"] == "fusion"))
 
 
 if __name__ == "__main__":

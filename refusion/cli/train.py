@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -42,14 +43,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _options(args) -> list[str]:
-    opts = []
+def _options(args) -> dict:
+    """The options as configuration settings, taken as given (a folder named ``0010``, ``yes``
+    or ``a #1`` stays that name). The data given on the command line replaces the other form
+    in a --config file or a resumed run: --data clears data.a/data.b, --a/--b clear
+    data.root."""
+    opts = {}
     for flag, key in (("data", "data.root"), ("a", "data.a"), ("b", "data.b"),
                       ("val", "data.val"), ("device", "device"), ("seed", "seed")):
         value = getattr(args, flag)
         if value is not None:
-            opts.append(f"{key}={value}")
+            opts[key] = value
+    if args.data is not None:
+        opts.update({"data.a": "", "data.b": ""})
+    elif args.a is not None or args.b is not None:
+        opts["data.root"] = ""
     return opts
+
+
+def _new_run_folder(task: str) -> str:
+    """``runs/<task>-<date-time>``, made here and now so that two runs started in the same
+    second get two folders (``-2``, ``-3``, ... on a collision)."""
+    from refusion.errors import UserError
+
+    base = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.makedirs("runs", exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make runs/ for the run folder: {exc.strerror or exc} (give "
+                        "--out)") from None
+    for n in range(1, 1000):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(path)  # exclusive: the other run gets the next name
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot make {path}: {exc.strerror or exc} (give --out)") from None
+    raise UserError(f"too many run folders named {base}-N; give --out")
 
 
 @cli_entry
@@ -63,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.train.config import build_config, recipe_file
     from refusion.train.trainer import Trainer, load_run_config
 
-    overrides = _options(args) + list(args.overrides)
+    options, overrides = _options(args), list(args.overrides)
     if args.data and (args.a or args.b):
         raise UserError("give the training data either as --data DIR or as --a DIR --b DIR, "
                         "not both")
@@ -73,29 +105,34 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{', '.join(ignored)} cannot be given with --resume: the run "
                             f"continues in {args.resume} with its config.yaml (change settings "
                             "with key=value overrides)")
-        cfg = load_run_config(args.resume, overrides)
+        cfg = load_run_config(args.resume, overrides, options)
         run_dir = args.resume
     else:
         if not args.task:
             raise UserError("give --task (one of " + ", ".join(TASKS) + ") or --resume RUN_DIR")
         config = recipe_file(args.task, args.config) if args.config else None
-        cfg = build_config(args.task, config, overrides)
+        cfg = build_config(args.task, config, overrides, options)
         if args.out:
             run_dir = args.out
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("give --out RUN_DIR with torchrun (every process needs the same one)")
-        else:
-            run_dir = os.path.join("runs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        elif not args.print_config:
+            run_dir = _new_run_folder(cfg.task)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     from refusion.train.distributed import shutdown
 
+    made = not (args.resume or args.out)  # the default folder, made above and still empty
     try:  # a rank failing while it sets up leaves the group too (its peers then stop)
         trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+        made = False
         result = trainer.fit()
     finally:
         shutdown()
+        if made:  # a data error leaves no empty run folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)
     if trainer.dist.is_main:
         final = trainer.run_dir / "final.safetensors"
         if result.checkpoint is None and final.is_file():

@@ -7,6 +7,7 @@ Precedence: dataclass defaults (the paper's settings) < the task preset
 from __future__ import annotations
 
 import importlib.resources
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -193,9 +194,11 @@ def recipe_file(task: str, name: str, option: str = "--config") -> str:
 
 
 def build_config(
-    task: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+    task: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+    literal: dict | None = None,
 ) -> TrainConfig:
-    """Defaults < task preset < ``config_file`` < overrides (``key.sub=value``)."""
+    """Defaults < task preset < ``config_file`` < overrides (``key.sub=value``) < ``literal``
+    (``{"key.sub": value}``, taken as given: the command line's folder options)."""
     data = to_dict(TrainConfig())
     data = _merge(data, yaml.safe_load(preset_text(task)) or {})
     given = []  # a task written in a --config file or an override must agree with --task
@@ -208,7 +211,7 @@ def build_config(
         if str(value) != task:
             raise UserError(f"config key 'task' is {value!r} but --task is {task!r} (the task "
                             "comes from --task)")
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, literal)
     data["task"] = task
     cfg = from_dict(TrainConfig, data)
     validate(cfg)
@@ -256,7 +259,6 @@ def validate(cfg: TrainConfig) -> None:
     for key, value in at_least_zero:
         if value < 0:
             raise bad(key, ">= 0", value)
-    import os
 
     if cfg.threads > max_threads():  # as the other commands' --threads
         raise bad("threads", f"at most 4x the {os.cpu_count()} CPUs here ({max_threads()})",
@@ -266,6 +268,14 @@ def validate(cfg: TrainConfig) -> None:
             raise bad(key, "an integer from 0 to 2**63 - 1", value)
     if cfg.val.max_side < 16:
         raise bad("val.max_side", ">= 16 (the metrics' windows need that much)", cfg.val.max_side)
+    d = cfg.data
+    if d.root and (d.a or d.b):
+        # the pair folders would win without a word over the folder given as data.root
+        raise UserError("the training data is given twice: data.root (--data) and data.a/"
+                        f"data.b (--a/--b); keep one (data.root={d.root!r}, data.a={d.a!r}, "
+                        f"data.b={d.b!r})")
+    if d.a and d.b and os.path.realpath(d.a) == os.path.realpath(d.b):
+        raise UserError(f"data.a and data.b (--a, --b) are the same folder: {d.a}")
     if not 0.0 < cfg.data.meta_test_fraction < 1.0:
         raise bad("data.meta_test_fraction", "strictly between 0 and 1",
                   cfg.data.meta_test_fraction)

@@ -31,7 +31,13 @@ import torch
 from torch.utils.data import Dataset
 
 from refusion.errors import UserError
-from refusion.imaging import ImageFolder, list_image_folder, read_image, split_luma
+from refusion.imaging import (
+    ImageFolder,
+    list_image_folder,
+    read_image,
+    split_luma,
+    to_display255,
+)
 from refusion.train.meta import Batch
 
 # (a names, b names) per layout; the first name is the canonical one.
@@ -98,7 +104,32 @@ def match_pairs(dir_a: Path, dir_b: Path, prefix: str = "", scan: PairScan | Non
         scan.problems += [here.broken_text(s) for s in sorted(here.broken)]
     for stem in sorted(fa.keys() & fb.keys()):
         scan.pairs.append(Pair(f"{prefix}{stem}", fa[stem], fb[stem]))
+    for listing, d in ((la, dir_a), (lb, dir_b)):
+        if not listing.images and not listing.broken and not listing.duplicates:
+            scan.problems.append(f"{d}: {_no_images_text(d)}")
     return scan
+
+
+def _no_images_text(folder: Path) -> str:
+    """What a folder without images holds instead (images are read from the folder itself,
+    not from its subfolders)."""
+    subdirs, others = [], {}
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            subdirs.append(p.name)
+        else:
+            ext = p.suffix.lower() or "(no extension)"
+            others[ext] = others.get(ext, 0) + 1
+    parts = [f"{n} {ext} file(s)" for ext, n in sorted(others.items())]
+    if subdirs:
+        parts.append("subfolders " + ", ".join(sorted(subdirs)[:5])
+                     + (", ..." if len(subdirs) > 5 else "")
+                     + " (images are read from the folder itself, not from subfolders)")
+    hint = " (videos: use refusion-video)" if any(
+        e in others for e in (".mp4", ".avi", ".mkv", ".mov")) else ""
+    return "holds no images" + (": " + "; ".join(parts) if parts else " (empty)") + hint
 
 
 def discover_pairs(root: str | Path | None = None, a: str | Path | None = None,
@@ -133,8 +164,17 @@ def discover_pairs(root: str | Path | None = None, a: str | Path | None = None,
 
 
 def load_luma(path: Path) -> np.ndarray:
-    """``(H, W)`` float32 luma in [0, 1] of an 8/16-bit grey or colour file."""
-    y, _ = split_luma(read_image(path))
+    """``(H, W)`` float32 luma in [0, 1] of an 8/16-bit grey or colour file.
+
+    16-bit files are mapped by robust percentiles, as ``refusion-fuse`` and the engine map
+    them (:func:`refusion.imaging.to_display255`), so that a model sees the same inputs in
+    training and at inference (a radiometric 2000..4000 thermal frame would otherwise be a
+    nearly black 0.03..0.06 here and a full-range image there).
+    """
+    img = read_image(path)
+    if img.dtype == np.uint16:
+        img = to_display255(img)
+    y, _ = split_luma(img)
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -174,13 +214,15 @@ def check_and_load(scan: PairScan, on_error: str, what: str = "training",
             continue
         good.append(LoadedPair(pair.name, ya, yb))
     if problems:
-        head = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5
-                                          else "")
+        # every one by name: one line for one problem, else one line each under a summary
+        listing = (f" {problems[0]}" if len(problems) == 1
+                   else "".join(f"\n  {p}" for p in problems))
         if on_error == "fail":
-            raise UserError(f"{len(problems)} problem(s) in the {what} data: {head}")
+            raise UserError(f"{len(problems)} problem(s) in the {what} data (data.on_error="
+                            f"fail):{listing}")
         if report:
-            print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s): "
-                  f"{head}", file=sys.stderr)
+            print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s):"
+                  f"{listing}", file=sys.stderr)
     if not good:
         raise UserError(f"no usable {what} pairs" + (f" in {scan.where}" if scan.where else ""))
     return good

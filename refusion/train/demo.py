@@ -43,9 +43,11 @@ class DemoBudget:
     ``warmup``: steps that train F alone with the fixed loss before Algorithm 1
     (``schedule.warmup_steps``; P and R keep their initialisation); ``lr_reconstruction``: R's
     Adam rate in Algorithm 1's fusion steps; ``both_orders``: every training pair also with its
-    sources swapped. The multi-focus demo uses a warm-up, the paper's rate for R (1e-4) and both
-    orders: with them, P learns the paper's focus map in a minute (docs/training.md, Known
-    limitations, says why each matters).
+    sources swapped. The multi-focus demo uses a warm-up and both orders: with them, P learns
+    the paper's focus map in a minute (docs/training.md, Known limitations, says why each
+    matters). It runs one epoch, whose meta block meets R at its initialisation, so R's rate
+    changes neither P nor F there; it trains at the paper's 1e-4, at which a longer run keeps
+    the map longest.
     """
 
     side: int = 160

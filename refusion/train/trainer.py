@@ -98,12 +98,54 @@ def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 #: Keys a resumed run cannot change: they define what its checkpoints already hold (the task,
 #: the networks, the ablation), which a later checkpoint would otherwise misstate. (The
-#: schedule may change: a fusion-only run resumed with meta steps is a warm-up, docs/training.md.)
+#: schedule may change: for F and P, a fusion-only run with R frozen, resumed with meta steps,
+#: is a warm-up, docs/training.md.)
 FIXED_ON_RESUME = ("task", "ablation.", "fusion.", "proposal.", "reconstruction.")
 
+#: Written into a run folder when a new run starts there: a folder holding it and no
+#: checkpoint is an earlier attempt of a run that failed before its first checkpoint, which a
+#: new run may start over in; any other folder holding run files is never written over.
+RUN_MARKER = ".refusion-run"
+#: What a run writes at the top of its folder.
+RUN_FILES = ("config.yaml", "metrics.csv", "validation.csv", "best.safetensors",
+             "final.safetensors", "checkpoints", "panels")
 
-def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The configuration saved in a run folder, with ``key.sub=value`` overrides on top.
+
+def fresh_run_problem(run_dir: Path) -> str | None:
+    """Why a new run cannot start in ``run_dir`` without losing what is there, or None.
+
+    Refused: a folder holding a run with a checkpoint (resume it instead); a folder holding
+    run files (``config.yaml``, ``metrics.csv``, a ``final``/``best`` checkpoint, ...) that no
+    run of ours started, or a finished result (``final``/``best``) of one; a file. Allowed: a
+    missing or empty folder, one without run files, and an earlier attempt that failed
+    before its first checkpoint (its logs are replaced).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"cannot write into {run_dir} (--out): it is a file, not a folder"
+    if not run_dir.is_dir():
+        parent = next((p for p in run_dir.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            return f"cannot make {run_dir} (--out): {parent} is a file, not a folder"
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot make {run_dir} (--out): {parent} is not writable"
+        return None
+    if latest_checkpoint(run_dir) is not None:
+        return f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out"
+    found = [n for n in RUN_FILES if (run_dir / n).exists()]
+    results = [n for n in found if n.endswith(".safetensors")]
+    if not found or ((run_dir / RUN_MARKER).is_file() and not results):
+        return None
+    what = ("the results of an earlier run" if (run_dir / RUN_MARKER).is_file()
+            else "files that a run would overwrite")
+    return (f"{run_dir} (--out) holds {what} ({', '.join(found)}); choose another --out, or "
+            "move them away")
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = (),
+                    literal: dict | None = None) -> TrainConfig:
+    """The configuration saved in a run folder, with ``key.sub=value`` overrides on top, then
+    ``literal`` ``{"key.sub": value}`` items taken as given (the command line's folders).
 
     Overrides of the keys in :data:`FIXED_ON_RESUME` are refused (one line naming them).
     """
@@ -121,7 +163,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     if not data:  # a truncated or emptied file: say so, not "no training data"
         raise UserError(f"{path} is empty: the run's settings are lost (start a new run, or "
                         "restore config.yaml)")
-    return config_from_dict(apply_overrides(data, overrides))
+    return config_from_dict(apply_overrides(data, overrides, literal))
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path, Path] | None:
@@ -137,6 +179,20 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path, Path] | None:
     if not (w.is_file() and s.is_file()):
         raise UserError(f"{pointer} names step {step} but its files are missing")
     return step, w, s
+
+
+def _check_adam_state(opt: torch.optim.Optimizer) -> None:
+    """Moments shaped like their parameters (a loaded state is otherwise trusted until the
+    first step fails with a shape error)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st and (not isinstance(st[key], torch.Tensor)
+                                  or st[key].shape != p.shape):
+                    got = tuple(st[key].shape) if isinstance(st[key], torch.Tensor) else st[key]
+                    raise ValueError(f"{key} of shape {got} for a parameter of shape "
+                                     f"{tuple(p.shape)}")
 
 
 def _read_state(path: Path) -> dict:
@@ -202,9 +258,12 @@ class Trainer:
         self.opt_p = (torch.optim.Adam(self.proposal.parameters(), o.lr_proposal, betas,
                                        weight_decay=o.weight_decay) if self.learned else None)
 
-        if not resume and self.dist.is_main and latest_checkpoint(self.run_dir) is not None:
-            raise UserError(f"{self.run_dir} already holds a run; use --resume "
-                            f"{self.run_dir} or choose another --out")
+        if not resume:
+            # decided by the main process, said by every one (the others would otherwise wait
+            # at the barrier below and fail with a collective's traceback)
+            problem = fresh_run_problem(self.run_dir) if self.dist.is_main else None
+            if D.any_flag(problem is not None, self.dist, self.device):
+                raise UserError(problem or "process 0 refused the run folder (see its message)")
         # the data is read before the run folder is made, so that a data error leaves no
         # empty run folder behind; reading it draws nothing from the seeded generators
         self._load_data()
@@ -216,6 +275,7 @@ class Trainer:
                 save_run_config(self.run_dir, cfg)
         elif self.dist.is_main:
             ensure_writable(self.run_dir, folder=True)  # one line naming --out otherwise
+            atomic_write_text(self.run_dir / RUN_MARKER, "a refusion-train run folder\n")
             save_run_config(self.run_dir, cfg)
         D.barrier(self.dist)
 
@@ -261,7 +321,14 @@ class Trainer:
         self.val_pairs = []
         self.val_left_out: dict[str, int] = {}
         if vscan is not None:
-            vscan.pairs = vscan.pairs[: self.cfg.val.max_pairs]
+            n, keep = len(vscan.pairs), self.cfg.val.max_pairs
+            if n > keep:
+                # spread over the name order, so that every dataset of a folder holding
+                # several is in the subset (the first pairs would all be the first dataset's)
+                picks = sorted({round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep)})
+                vscan.pairs = [vscan.pairs[i] for i in picks]
+                self._note(f"validating on {len(picks)} of the {n} validation pairs, spread "
+                           "over their names (val.max_pairs)")
             self.val_pairs = check_and_load(vscan, d.on_error, "validation", progress=show,
                                             report=self.dist.is_main)
 
@@ -302,10 +369,19 @@ class Trainer:
         return {"ablation": to_dict(self.cfg.ablation), "epoch": epoch, "seed": self.cfg.seed}
 
     def _prune(self) -> None:
-        ckpts = sorted((self.run_dir / "checkpoints").glob("step_*.safetensors"))
-        for old in ckpts[: max(0, len(ckpts) - self.cfg.log.keep)]:
-            old.unlink(missing_ok=True)
-            old.with_suffix("").with_suffix(".state.pt").unlink(missing_ok=True)
+        """Keep the newest ``log.keep`` checkpoints up to this step (the one ``latest`` names
+        among them). Checkpoints of later steps, left by an attempt that stopped before its
+        ``latest`` moved, are left alone: this run writes those steps again."""
+        steps = []
+        for path in (self.run_dir / "checkpoints").glob("step_*.safetensors"):
+            try:
+                steps.append(int(path.name[len("step_"):-len(".safetensors")]))
+            except ValueError:
+                continue  # not ours
+        older = sorted(s for s in steps if s <= self.step)
+        for step in older[: max(0, len(older) - self.cfg.log.keep)]:
+            for path in _ckpt_paths(self.run_dir, step):
+                path.unlink(missing_ok=True)
 
     def _resume(self) -> None:
         found = latest_checkpoint(self.run_dir)
@@ -313,6 +389,11 @@ class Trainer:
             raise UserError(f"{self.run_dir} holds no checkpoint to resume from")
         step, weights, state = found
         ckpt = read_checkpoint(weights)
+        if ckpt.task != self.cfg.task or ckpt.step != step:
+            # a checkpoint copied in from another run (same architecture) would load silently
+            raise UserError(f"{weights} is a {ckpt.task} checkpoint of step {ckpt.step}, but "
+                            f"{self.run_dir} is a {self.cfg.task} run at step {step} "
+                            "(checkpoints/latest)")
         for name, module in self.networks.items():
             if name not in ckpt.tensors:
                 raise UserError(f"{weights} holds no {name} network")
@@ -326,16 +407,21 @@ class Trainer:
         for name, opt in self.optimizers.items():
             try:
                 opt.load_state_dict(blob["optim"][name])
-            except (KeyError, ValueError, TypeError) as exc:
+                _check_adam_state(opt)
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise UserError(f"{state} holds no usable {name} optimiser state "
                                 f"({type(exc).__name__}: {exc})") from None
             # load_state_dict restores the saved hyper-parameters too; the configuration of
             # this sitting (which may carry new key=value overrides) decides them
             for group in opt.param_groups:
                 group.update(lr=lrs[name], betas=tuple(o.betas), weight_decay=o.weight_decay)
-        torch.set_rng_state(blob["rng"]["torch"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        try:
+            torch.set_rng_state(blob["rng"]["torch"])
+            if "cuda" in blob["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{state} holds no usable random generator state "
+                            f"({type(exc).__name__}: {exc})") from None
         self.best = blob.get("best") or None
         if self.best and self.best.get("metric") != canonical_metric(self.cfg.val.best):
             # a best kept for another metric cannot be compared with this one's values
