@@ -263,3 +263,36 @@ def test_validation_subset_spans_the_folder_and_is_said(tmp_path, capsys):
     names = [p.name for p in tr.val_pairs]
     assert len(names) == 4 and {n.split("/")[0] for n in names} == {"one", "two"}, names
     assert "validating on 4 of the 8 validation pairs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ memory
+def test_uncached_pairs_train_exactly_as_cached_ones(data, tmp_path):
+    from refusion.train.data import FilePair
+
+    cached = Trainer(_cfg(data), tmp_path / "cached", quiet=True)
+    cached.fit()
+    lazy = Trainer(_cfg(data, "data.cache=false"), tmp_path / "lazy", quiet=True)
+    assert all(isinstance(p, FilePair) for p in lazy.pairs)  # file names, no arrays
+    lazy.fit()
+    for name, module in cached.networks.items():
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, lazy.networks[name].state_dict()[k]), (name, k)
+
+
+def test_a_file_gone_after_the_check_is_named(tmp_path):
+    from refusion.train.data import check_and_load, discover_pairs
+
+    root = tmp_path / "d"
+    write_pairs(make_pairs("mfif", ["camera"], 1, 0, side=32), root, "mfif")
+    (pair,) = check_and_load(discover_pairs(root), "skip", keep=False)
+    pair.path_a.unlink()
+    with pytest.raises(UserError, match="image not found: .*readable when training started"):
+        pair.a  # noqa: B018 - the access decodes
+
+
+def test_a_large_cache_is_said(data, tmp_path, monkeypatch, capsys):
+    from refusion.train import trainer as tr
+
+    monkeypatch.setattr(tr, "CACHE_NOTE_BYTES", 0)
+    Trainer(_cfg(data), tmp_path / "run")
+    assert "GiB of memory (in each process); data.cache=false" in capsys.readouterr().err

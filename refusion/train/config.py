@@ -35,6 +35,10 @@ class DataConfig:
             mismatched pairs; both report the files by name before training starts.
         flips: random horizontal/vertical flips of the patches.
         workers: DataLoader worker processes (0 = load in the training process).
+        cache: keep every decoded training pair in memory (float32, 8 bytes a pixel of a
+            pair, in each process); ``false`` keeps the file names only and decodes the two
+            files of each patch when it is drawn (datasets larger than memory; with
+            ``workers`` to decode in parallel). The batches are the same either way.
     """
 
     root: str = ""
@@ -46,6 +50,7 @@ class DataConfig:
     on_error: Literal["skip", "fail"] = "skip"
     flips: bool = True
     workers: int = 0
+    cache: bool = True
 
 
 @dataclass

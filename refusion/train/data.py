@@ -185,13 +185,41 @@ class LoadedPair:
     b: np.ndarray
 
 
+class FilePair:
+    """A checked pair kept as file names: ``a`` and ``b`` decode the files at each access
+    (``data.cache=false``: datasets larger than memory; ``data.workers`` decode in parallel).
+    """
+
+    __slots__ = ("name", "path_a", "path_b")
+
+    def __init__(self, name: str, path_a: Path, path_b: Path) -> None:
+        self.name, self.path_a, self.path_b = name, path_a, path_b
+
+    @property
+    def a(self) -> np.ndarray:
+        return _reload(self.path_a)
+
+    @property
+    def b(self) -> np.ndarray:
+        return _reload(self.path_b)
+
+
+def _reload(path: Path) -> np.ndarray:
+    try:
+        return load_luma(path)
+    except UserError as exc:  # checked at the start: it changed or went away since
+        raise UserError(f"{exc} (the file was readable when training started)") from None
+
+
 def check_and_load(scan: PairScan, on_error: str, what: str = "training",
-                   progress: bool = False, report: bool = True) -> list[LoadedPair]:
+                   progress: bool = False, report: bool = True, keep: bool = True
+                   ) -> list[LoadedPair] | list[FilePair]:
     """Decode every pair once; report unreadable or mismatched pairs by name.
 
-    Returns the good pairs (decoded lumas kept in memory). ``on_error='fail'`` turns any problem
-    into one :class:`UserError`; ``'skip'`` prints them to stderr (when ``report``: one process
-    of a torchrun group says it for all) and goes on.
+    Returns the good pairs: decoded lumas kept in memory, or with ``keep=False`` as
+    :class:`FilePair` (file names only; decoded again when used). ``on_error='fail'`` turns
+    any problem into one :class:`UserError`; ``'skip'`` prints them to stderr (when
+    ``report``: one process of a torchrun group says it for all) and goes on.
     """
     problems = list(scan.problems)
     good: list[LoadedPair] = []
@@ -212,7 +240,8 @@ def check_and_load(scan: PairScan, on_error: str, what: str = "training",
                 f"{pair.b} is {yb.shape[1]}x{yb.shape[0]}"
             )
             continue
-        good.append(LoadedPair(pair.name, ya, yb))
+        good.append(LoadedPair(pair.name, ya, yb) if keep
+                    else FilePair(pair.name, pair.a, pair.b))
     if problems:
         # every one by name: one line for one problem, else one line each under a summary
         listing = (f" {problems[0]}" if len(problems) == 1
@@ -265,7 +294,8 @@ def batch_plan(pool: list[int], batch: int, seed: int, stream: int, step: int) -
     return np.column_stack([np.asarray(pool)[idx], u, flips])
 
 
-def make_batch(pairs: list[LoadedPair], plan: np.ndarray, size: int, flips: bool) -> Batch:
+def make_batch(pairs: list[LoadedPair] | list[FilePair], plan: np.ndarray, size: int,
+               flips: bool) -> Batch:
     """Load the rows of a plan into a :class:`Batch` of ``(len(plan), 1, size, size)``."""
     xa, xb = [], []
     for row in plan:
@@ -293,9 +323,9 @@ class StepBatches(Dataset):
         batch: per-process batch; world, rank: distributed layout.
     """
 
-    def __init__(self, pairs: list[LoadedPair], meta_train: list[int], meta_test: list[int],
-                 is_meta, *, batch: int, patch: int, flips: bool, seed: int, total: int,
-                 world: int = 1, rank: int = 0) -> None:
+    def __init__(self, pairs: list[LoadedPair] | list[FilePair], meta_train: list[int],
+                 meta_test: list[int], is_meta, *, batch: int, patch: int, flips: bool,
+                 seed: int, total: int, world: int = 1, rank: int = 0) -> None:
         self.pairs, self.meta_train, self.meta_test = pairs, meta_train, meta_test
         self.all = list(range(len(pairs)))
         self.is_meta, self.batch, self.patch, self.flips = is_meta, batch, patch, flips

@@ -102,6 +102,9 @@ def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
 #: is a warm-up, docs/training.md.)
 FIXED_ON_RESUME = ("task", "ablation.", "fusion.", "proposal.", "reconstruction.")
 
+#: Above this much memory for the decoded training pairs, the trainer says how to hold less.
+CACHE_NOTE_BYTES = 4 * 2**30
+
 #: Written into a run folder when a new run starts there: a folder holding it and no
 #: checkpoint is an earlier attempt of a run that failed before its first checkpoint, which a
 #: new run may start over in; any other folder holding run files is never written over.
@@ -313,7 +316,11 @@ class Trainer:
             except UserError as exc:
                 raise UserError(f"validation data (--val, data.val): {exc}") from None
         self.pairs = check_and_load(scan, d.on_error, "training", progress=show,
-                                    report=self.dist.is_main)
+                                    report=self.dist.is_main, keep=d.cache)
+        held = sum(p.a.nbytes + p.b.nbytes for p in self.pairs) if d.cache else 0
+        if held > CACHE_NOTE_BYTES:
+            self._note(f"the decoded training pairs take {held / 2**30:.1f} GiB of memory (in "
+                       "each process); data.cache=false keeps only their file names")
         self.meta_train, self.meta_test = split_meta(len(self.pairs), d.meta_test_fraction,
                                                      d.split_seed)
         self._note(f"{len(self.pairs)} training pairs ({len(self.meta_train)} meta-training, "
