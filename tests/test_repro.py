@@ -191,6 +191,17 @@ def test_repro_end_to_end_on_a_tiny_recipe(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="trained on another split"):
         run_repro("mfif", tmp_path / "data", recipe="tiny", variants=("fixed",), work=work,
                   results=results, quiet=True, seed=1)
+    # an attempt that failed before its first checkpoint, in a folder made before run folders
+    # were marked, is trained over (the trainer alone refuses such a folder)
+    fixed = work / "mfif" / "fixed"
+    import shutil
+
+    shutil.rmtree(fixed / "checkpoints")
+    for name in ("final.safetensors", ".refusion-run"):
+        (fixed / name).unlink()
+    run_repro("mfif", tmp_path / "data", recipe="tiny", variants=("fixed",), work=work,
+              results=results, quiet=True)
+    assert (fixed / "final.safetensors").is_file()
 
 
 def test_only_the_cpu_recipe_writes_into_the_shipped_results_by_default():

@@ -67,7 +67,7 @@ def test_a_finished_run_without_checkpoints_keeps_its_results(data, tmp_path):
     final = (run / "final.safetensors").read_bytes()
     for p in (run / "checkpoints").iterdir():  # removed to save space
         p.unlink()
-    with pytest.raises(UserError, match="holds the results of an earlier run.*final"):
+    with pytest.raises(UserError, match="holds the final result of an earlier run"):
         Trainer(_cfg(data, "seed=5"), run, quiet=True)
     assert (run / "final.safetensors").read_bytes() == final
 
@@ -80,6 +80,32 @@ def test_a_run_that_failed_before_its_first_checkpoint_may_start_over(data, tmp_
     again = Trainer(_cfg(data, "seed=3"), run, quiet=True)
     again.fit()
     assert load_run_config(run).seed == 3 and first.run_dir == again.run_dir
+
+
+def test_an_attempt_that_validated_before_failing_may_start_over(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(_cfg(data, "log.checkpoint_every=1000"), run, quiet=True)
+    (run / "best.safetensors").write_bytes(b"the failed attempt's best")
+    again = Trainer(_cfg(data, "log.checkpoint_every=1000"), run)
+    assert not (run / "best.safetensors").exists()
+    assert "started over" in capsys.readouterr().err
+    again.fit()  # and it can finish
+
+
+def test_a_damaged_latest_is_said_on_every_process(data, tmp_path, monkeypatch):
+    """The main process's refusal must reach the collective that tells the others (a raise
+    before it left them waiting in the all-reduce until gloo failed)."""
+    from refusion.train import distributed as D
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("7\n")
+    flags = []
+    real = D.any_flag
+    monkeypatch.setattr(D, "any_flag", lambda flag, *a: flags.append(flag) or real(flag, *a))
+    with pytest.raises(UserError, match="names step 7 but its files are missing"):
+        Trainer(_cfg(data), run, quiet=True)
+    assert flags == [True]
 
 
 def test_default_run_folders_of_one_second_are_two_folders(tmp_path, monkeypatch):
@@ -109,6 +135,13 @@ def test_folder_options_are_taken_as_given(name, tmp_path, monkeypatch, capsys):
     assert _cli("--task", "ivif", "--data", name, "--val", name, "--print-config") == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["data"]["root"] == name and cfg["data"]["val"] == name
+
+
+@pytest.mark.parametrize("extra", [("--data", "d", "data.root=e"), ("--seed", "1", "seed=2"),
+                                   ("--data", "d", "data.a=/x", "data.b=/y")])
+def test_one_setting_given_twice_is_refused(extra, capsys):
+    assert _cli("--task", "ivif", *extra, "--print-config") == 2
+    assert "given both as an option" in capsys.readouterr().err
 
 
 def test_data_on_the_command_line_replaces_the_config_files_pair_folders(tmp_path, capsys):
@@ -163,6 +196,10 @@ def test_every_skipped_file_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(good) == 1 and "skipped 8" in err
     assert all(f"bad{i}.png" in err for i in range(8)), err
+    with pytest.raises(UserError) as info:  # fatal: one line, all of them
+        check_and_load(discover_pairs(root), "fail")
+    assert "\n" not in str(info.value) and all(f"bad{i}.png" in str(info.value)
+                                               for i in range(8))
 
 
 def test_sixteen_bit_sources_are_mapped_as_at_inference(tmp_path):
@@ -232,9 +269,12 @@ def test_resume_refuses_a_checkpoint_of_another_task_or_step(data, tmp_path):
     save_checkpoint(weights, nets, task="mif", step=2, extra={})
     with pytest.raises(UserError, match="is a mif checkpoint of step 2, but .* is a mfif run"):
         Trainer(load_run_config(run), run, resume=True, quiet=True)
+    save_checkpoint(weights, nets, task="mfif", step=1, extra={})  # another step's weights
+    with pytest.raises(UserError, match="is a mfif checkpoint of step 1, but .* at step 2"):
+        Trainer(load_run_config(run), run, resume=True, quiet=True)
 
 
-@pytest.mark.parametrize("damage", ["rng", "adam_shape"])
+@pytest.mark.parametrize("damage", ["rng", "adam_shape", "adam_step"])
 def test_a_damaged_training_state_is_one_line(data, tmp_path, damage):
     run = tmp_path / "run"
     _run_with_checkpoints(data, run, "schedule.max_steps=2")
@@ -243,14 +283,18 @@ def test_a_damaged_training_state_is_one_line(data, tmp_path, damage):
     if damage == "rng":
         blob["rng"] = {"torch": torch.zeros(3)}
         needle = "no usable random generator state"
-    else:
+    elif damage == "adam_shape":
         st = blob["optim"]["fusion"]["state"]
-        key = next(iter(st))
-        st[key]["exp_avg"] = torch.zeros(7, 3)
+        st[next(iter(st))]["exp_avg"] = torch.zeros(7, 3)
         needle = "no usable fusion optimiser state .*exp_avg of shape \\(7, 3\\)"
+    else:
+        st = blob["optim"]["reconstruction"]["state"]
+        st[next(iter(st))]["step"] = torch.zeros(3)
+        needle = "no usable reconstruction optimiser state .*step count of shape \\(3,\\)"
     torch.save(blob, state)
-    with pytest.raises(UserError, match=needle):
+    with pytest.raises(UserError, match=needle) as info:
         Trainer(load_run_config(run), run, resume=True, quiet=True)
+    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------ validation
@@ -288,6 +332,29 @@ def test_a_file_gone_after_the_check_is_named(tmp_path):
     pair.path_a.unlink()
     with pytest.raises(UserError, match="image not found: .*readable when training started"):
         pair.a  # noqa: B018 - the access decodes
+
+
+def test_a_file_gone_in_a_worker_is_one_line(data, tmp_path):
+    root = tmp_path / "d"
+    write_pairs(make_pairs("mfif", ["camera"], 1, 0, side=32), root, "mfif")
+    tr = Trainer(_cfg(root, "data.cache=false", "data.workers=1"), tmp_path / "run", quiet=True)
+    for p in (root / "A").iterdir():
+        p.unlink()
+    with pytest.raises(UserError) as info:
+        tr.fit()
+    msg = str(info.value)
+    assert msg.startswith("image not found") and "\n" not in msg, msg
+    assert "readable when training started" in msg
+
+
+def test_a_folder_that_cannot_be_listed_is_said(tmp_path, monkeypatch):
+    from refusion.train import data as dmod
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dmod.Path, "iterdir", refuse)
+    assert dmod._no_images_text(tmp_path) == "holds no images that can be read (Permission denied)"
 
 
 def test_a_large_cache_is_said(data, tmp_path, monkeypatch, capsys):

@@ -96,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.train.trainer import Trainer, load_run_config
 
     options, overrides = _options(args), list(args.overrides)
+    from refusion.config import override_key
+
+    twice = sorted({key for key, _ in map(override_key, overrides)} & options.keys())
+    if twice:  # which one should win is not the tool's guess to make
+        flags = {"data.root": "--data", "data.a": "--a/--data", "data.b": "--b/--data",
+                 "data.val": "--val", "device": "--device", "seed": "--seed"}
+        raise UserError(f"{', '.join(twice)} given both as an option ("
+                        f"{', '.join(flags[k] for k in twice)}) and as key=value; give it once")
     if args.data and (args.a or args.b):
         raise UserError("give the training data either as --data DIR or as --a DIR --b DIR, "
                         "not both")

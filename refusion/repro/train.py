@@ -40,15 +40,17 @@ def train_variant(task: str, variant: str, recipe: str, task_dir: Path,
                   overrides: list[str] | tuple[str, ...] = (), quiet: bool = False) -> Path:
     """Train (or resume, or reuse) ``variant`` and return its final checkpoint."""
     from refusion.train.config import build_config
-    from refusion.train.trainer import Trainer, latest_checkpoint, load_run_config
+    from refusion.train.trainer import RUN_MARKER, Trainer, latest_checkpoint, load_run_config
 
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
     run_dir = task_dir / variant
     final = run_dir / "final.safetensors"
     train_dir, val_dir = task_dir / "data" / "train", task_dir / "data" / "val"
-    opts = [f"data.root={train_dir}", f"data.val={val_dir}", *VARIANTS[variant], *overrides]
-    cfg = build_config(task, recipe_path(task, recipe), opts)
+    opts = [*VARIANTS[variant], *overrides]
+    # the folders as given (YAML would cut a --work path at " #")
+    cfg = build_config(task, recipe_path(task, recipe), opts,
+                       {"data.root": str(train_dir), "data.val": str(val_dir)})
     split_now = (task_dir / "split.json").read_text() if (task_dir / "split.json").exists() \
         else ""
     if (run_dir / "config.yaml").exists():
@@ -62,6 +64,10 @@ def train_variant(task: str, variant: str, recipe: str, task_dir: Path,
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "trained_on_split.json", split_now)
+        # repro's own folder, checked above to hold this request: an attempt that failed
+        # before its first checkpoint (also one made before run folders were marked) starts
+        # over in it
+        atomic_write_text(run_dir / RUN_MARKER, "a refusion-train run folder\n")
     t0 = time.perf_counter()
     try:
         Trainer(cfg, run_dir, resume=resume, quiet=quiet).fit()

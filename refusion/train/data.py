@@ -10,8 +10,10 @@ dataset folder found there is used):
 
 Pairs are matched by file stem. Every pair is decoded once before training starts: unreadable
 files and pairs of different sizes are reported by name and skipped or fatal
-(``data.on_error``), so nothing fails mid-epoch. Colour becomes luma with OpenCV's YCrCb
-convention (:func:`refusion.imaging.split_luma`); 8- and 16-bit files both map to [0, 1].
+(``data.on_error``), so nothing fails mid-epoch (with ``data.cache=false`` only a file
+changed or removed after that check can). Colour becomes luma with OpenCV's YCrCb
+convention (:func:`refusion.imaging.split_luma`); 8-bit files map to [0, 1] by 1/255, 16-bit
+ones by robust percentiles, as at inference.
 
 Batches are pure functions of ``(seed, stream, step)``: which pairs, where the crops fall and
 which flips apply are drawn from a generator seeded by those three numbers. That makes a resumed
@@ -114,14 +116,17 @@ def _no_images_text(folder: Path) -> str:
     """What a folder without images holds instead (images are read from the folder itself,
     not from its subfolders)."""
     subdirs, others = [], {}
-    for p in folder.iterdir():
-        if p.name.startswith("."):
-            continue
-        if p.is_dir():
-            subdirs.append(p.name)
-        else:
-            ext = p.suffix.lower() or "(no extension)"
-            others[ext] = others.get(ext, 0) + 1
+    try:
+        for p in folder.iterdir():
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                subdirs.append(p.name)
+            else:
+                ext = p.suffix.lower() or "(no extension)"
+                others[ext] = others.get(ext, 0) + 1
+    except OSError as exc:
+        return f"holds no images that can be read ({exc.strerror or exc})"
     parts = [f"{n} {ext} file(s)" for ext, n in sorted(others.items())]
     if subdirs:
         parts.append("subfolders " + ", ".join(sorted(subdirs)[:5])
@@ -243,12 +248,12 @@ def check_and_load(scan: PairScan, on_error: str, what: str = "training",
         good.append(LoadedPair(pair.name, ya, yb) if keep
                     else FilePair(pair.name, pair.a, pair.b))
     if problems:
-        # every one by name: one line for one problem, else one line each under a summary
-        listing = (f" {problems[0]}" if len(problems) == 1
-                   else "".join(f"\n  {p}" for p in problems))
+        # every one by name: the error is one line; the warning one line each under a summary
         if on_error == "fail":
             raise UserError(f"{len(problems)} problem(s) in the {what} data (data.on_error="
-                            f"fail):{listing}")
+                            f"fail): {'; '.join(problems)}")
+        listing = (f" {problems[0]}" if len(problems) == 1
+                   else "".join(f"\n  {p}" for p in problems))
         if report:
             print(f"refusion-train: warning: skipped {len(problems)} {what} file(s)/pair(s):"
                   f"{listing}", file=sys.stderr)

@@ -119,9 +119,9 @@ def fresh_run_problem(run_dir: Path) -> str | None:
 
     Refused: a folder holding a run with a checkpoint (resume it instead); a folder holding
     run files (``config.yaml``, ``metrics.csv``, a ``final``/``best`` checkpoint, ...) that no
-    run of ours started, or a finished result (``final``/``best``) of one; a file. Allowed: a
-    missing or empty folder, one without run files, and an earlier attempt that failed
-    before its first checkpoint (its logs are replaced).
+    run of ours started, or the ``final`` result of one; a file. Allowed: a missing or empty
+    folder, one without run files, and an earlier attempt that failed before its first
+    checkpoint (its logs and its ``best`` are replaced).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -136,11 +136,10 @@ def fresh_run_problem(run_dir: Path) -> str | None:
     if latest_checkpoint(run_dir) is not None:
         return f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out"
     found = [n for n in RUN_FILES if (run_dir / n).exists()]
-    results = [n for n in found if n.endswith(".safetensors")]
-    if not found or ((run_dir / RUN_MARKER).is_file() and not results):
+    ours = (run_dir / RUN_MARKER).is_file()
+    if not found or (ours and "final.safetensors" not in found):
         return None
-    what = ("the results of an earlier run" if (run_dir / RUN_MARKER).is_file()
-            else "files that a run would overwrite")
+    what = "the final result of an earlier run" if ours else "files that a run would overwrite"
     return (f"{run_dir} (--out) holds {what} ({', '.join(found)}); choose another --out, or "
             "move them away")
 
@@ -190,6 +189,9 @@ def _check_adam_state(opt: torch.optim.Optimizer) -> None:
     for group in opt.param_groups:
         for p in group["params"]:
             st = opt.state.get(p, {})
+            if "step" in st and torch.as_tensor(st["step"]).numel() != 1:
+                shape = tuple(torch.as_tensor(st["step"]).shape)
+                raise ValueError(f"a step count of shape {shape}")
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in st and (not isinstance(st[key], torch.Tensor)
                                   or st[key].shape != p.shape):
@@ -264,7 +266,12 @@ class Trainer:
         if not resume:
             # decided by the main process, said by every one (the others would otherwise wait
             # at the barrier below and fail with a collective's traceback)
-            problem = fresh_run_problem(self.run_dir) if self.dist.is_main else None
+            problem = None
+            if self.dist.is_main:
+                try:
+                    problem = fresh_run_problem(self.run_dir)
+                except UserError as exc:  # e.g. a damaged checkpoints/latest
+                    problem = str(exc)
             if D.any_flag(problem is not None, self.dist, self.device):
                 raise UserError(problem or "process 0 refused the run folder (see its message)")
         # the data is read before the run folder is made, so that a data error leaves no
@@ -279,6 +286,11 @@ class Trainer:
         elif self.dist.is_main:
             ensure_writable(self.run_dir, folder=True)  # one line naming --out otherwise
             atomic_write_text(self.run_dir / RUN_MARKER, "a refusion-train run folder\n")
+            stale = self.run_dir / "best.safetensors"
+            if stale.exists():  # an earlier attempt's, which failed before its first checkpoint
+                stale.unlink()
+                self._note(f"started over in {self.run_dir}: the failed attempt's logs and "
+                           "best.safetensors are replaced")
             save_run_config(self.run_dir, cfg)
         D.barrier(self.dist)
 
@@ -636,7 +648,7 @@ class Trainer:
                        file=sys.stderr)
         last_saved: Path | None = None
         try:
-            for batch in loader:
+            for batch in _unwrapped_worker_errors(loader):
                 is_meta = self.schedule(self.step)
                 row = self._meta_step(batch) if is_meta else self._fusion_step(batch)
                 row["epoch"] = self.schedule.epoch(self.step)
@@ -670,6 +682,24 @@ class Trainer:
             if log is not None:
                 log.close()
         return TrainResult(self.run_dir, self.step, last_saved, self.best)
+
+
+def _unwrapped_worker_errors(loader):
+    """Iterate ``loader``; a :class:`UserError` raised in a DataLoader worker (a file gone with
+    ``data.cache=false``) comes out as its own one line, not as torch's re-raise that carries
+    the worker's traceback in its message."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except UserError as exc:
+            text = str(exc)
+            if "DataLoader worker" in text and "UserError: " in text:
+                raise UserError(text.rsplit("UserError: ", 1)[1].strip()) from None
+            raise
+        yield batch
 
 
 def _ignore_sigint(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's signature
