@@ -40,7 +40,12 @@ def train_variant(task: str, variant: str, recipe: str, task_dir: Path,
                   overrides: list[str] | tuple[str, ...] = (), quiet: bool = False) -> Path:
     """Train (or resume, or reuse) ``variant`` and return its final checkpoint."""
     from refusion.train.config import build_config
-    from refusion.train.trainer import RUN_MARKER, Trainer, latest_checkpoint, load_run_config
+    from refusion.train.trainer import (
+        Trainer,
+        latest_checkpoint,
+        load_run_config,
+        mark_run_folder,
+    )
 
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
@@ -67,7 +72,7 @@ def train_variant(task: str, variant: str, recipe: str, task_dir: Path,
         # repro's own folder, checked above to hold this request: an attempt that failed
         # before its first checkpoint (also one made before run folders were marked) starts
         # over in it
-        atomic_write_text(run_dir / RUN_MARKER, "a refusion-train run folder\n")
+        mark_run_folder(run_dir)
     t0 = time.perf_counter()
     try:
         Trainer(cfg, run_dir, resume=resume, quiet=quiet).fit()

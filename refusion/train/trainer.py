@@ -114,6 +114,11 @@ RUN_FILES = ("config.yaml", "metrics.csv", "validation.csv", "best.safetensors",
              "final.safetensors", "checkpoints", "panels")
 
 
+def mark_run_folder(run_dir: Path) -> None:
+    """Mark ``run_dir`` as a run folder of ours (see :data:`RUN_MARKER`)."""
+    atomic_write_text(Path(run_dir) / RUN_MARKER, "a refusion-train run folder\n")
+
+
 def fresh_run_problem(run_dir: Path) -> str | None:
     """Why a new run cannot start in ``run_dir`` without losing what is there, or None.
 
@@ -285,7 +290,7 @@ class Trainer:
                 save_run_config(self.run_dir, cfg)
         elif self.dist.is_main:
             ensure_writable(self.run_dir, folder=True)  # one line naming --out otherwise
-            atomic_write_text(self.run_dir / RUN_MARKER, "a refusion-train run folder\n")
+            mark_run_folder(self.run_dir)
             stale = self.run_dir / "best.safetensors"
             if stale.exists():  # an earlier attempt's, which failed before its first checkpoint
                 stale.unlink()
