@@ -237,19 +237,22 @@ def fusion_step_losses(
     *,
     alpha1: float = 1.0,
     alpha2: float = 1.0,
+    train_reconstruction: bool = True,
 ) -> FusionOutput:
     """Losses of one fusion step (Eqs. 11-12), graphs attached for backward.
 
     ``L_f`` uses W, V from the frozen P (no gradient reaches P; ``proposal=None`` means the fixed
     loss W = V = 1/2), and ``L_r`` reconstructs from the *detached* fused image, so that
-    ``L_f.backward()`` trains only F and ``L_r.backward()`` only R.
+    ``L_f.backward()`` trains only F and ``L_r.backward()`` only R. ``train_reconstruction=False``
+    (the warm-up) computes ``L_r`` without a graph, for the log only.
     """
     with torch.no_grad():
         weights = fixed_weights(batch.a) if proposal is None else proposal(batch.a, batch.b)
     fused = fuse(fusion, None, batch.a, batch.b)
     lf = fusion_loss(fused, batch.a, batch.b, weights, alpha1)
-    rec_a, rec_b = reconstruct(recon, None, fused.detach())
-    lr = reconstruction_loss(rec_a, rec_b, batch.a, batch.b, alpha2)
+    with torch.set_grad_enabled(train_reconstruction and torch.is_grad_enabled()):
+        rec_a, rec_b = reconstruct(recon, None, fused.detach())
+        lr = reconstruction_loss(rec_a, rec_b, batch.a, batch.b, alpha2)
     return FusionOutput(lf, lr, weights, fused.detach(), rec_a.detach(), rec_b.detach())
 
 

@@ -495,7 +495,8 @@ class Trainer:
         # for that block (docs/training.md, Warm-up). L_r is still computed, for the log.
         warmup = self.schedule.epoch(self.step) == 0
         out = meta.fusion_step_losses(self.fusion, self.proposal, self.recon, b,
-                                      alpha1=c.loss.alpha1, alpha2=c.loss.alpha2)
+                                      alpha1=c.loss.alpha1, alpha2=c.loss.alpha2,
+                                      train_reconstruction=not warmup)
         self.opt_f.zero_grad(set_to_none=True)
         self.opt_r.zero_grad(set_to_none=True)
         # F's parameters appear only in L_f and R's only in L_r (fused is detached), so one
